@@ -1,0 +1,147 @@
+"""The ``dataexec`` command: serve, build-image, kernel-env, --version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from server import __version__
+from server.config import Settings, load_settings, with_default_tenant
+from server.errors import ConfigError, DataExecError
+
+log = logging.getLogger("dataexec")
+KERNEL_REQUIREMENTS = Path(__file__).resolve().parent.parent / "kernel_image" / "requirements.txt"
+CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="dataexec", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dataexec {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    for cmd in (
+        serve,
+        commands.add_parser("build-image", help="build the kernel image offline"),
+        commands.add_parser("kernel-env", help="create the bubblewrap kernel environment"),
+        commands.add_parser("check-config", help="validate the configuration and exit"),
+    ):
+        cmd.add_argument("--config", help="TOML config file (or DATAEXEC_CONFIG)")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1, or DATAEXEC_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (default 8001, or DATAEXEC_PORT)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("DATAEXEC_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(
+            config_file=args.config,
+            overrides={"host": getattr(args, "host", None), "port": getattr(args, "port", None)},
+        )
+        if args.command == "check-config":
+            print("configuration is valid")
+            return 0
+        if args.command == "build-image":
+            from server.image import build_image
+
+            print(build_image(settings))
+            return 0
+        if args.command == "kernel-env":
+            make_kernel_env(settings)
+            return 0
+        return asyncio.run(serve(with_default_tenant(settings)))
+    except ConfigError as exc:
+        print(f"dataexec: {exc.message}", file=sys.stderr)
+        return 2
+    except DataExecError as exc:
+        print(f"dataexec: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def make_kernel_env(settings: Settings) -> None:
+    """Create the bubblewrap kernel environment: a venv of the system Python plus the kernel
+    packages, where an unprivileged kernel uid can read it."""
+    target = settings.kernel_env
+    base = shutil.which("python3", path="/usr/bin") or sys.executable
+    if not (target / "bin" / "python").exists():
+        subprocess.run([base, "-m", "venv", "--without-pip", str(target)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(target / "bin" / "python"),
+            "install",
+            "--quiet",
+            "-r",
+            str(KERNEL_REQUIREMENTS),
+            "-c",
+            str(CONSTRAINTS),
+        ],
+        check=True,
+    )
+    for path in [target, *target.parents]:
+        if path == Path("/"):
+            break
+        # The kernel uid must reach the environment through every parent directory.
+        if not path.stat().st_mode & 0o001:
+            raise DataExecError(
+                f"{path} is not searchable by other users; put kernel_env "
+                "where the kernel uid can read it (e.g. /opt/dataexec)"
+            )
+    print(f"kernel environment ready at {target}")
+
+
+async def serve(settings: Settings) -> int:
+    """Run the server until SIGTERM or SIGINT, then stop gracefully."""
+    import tornado.httpserver
+
+    from server.app import make_app
+    from server.runtime import Runtime
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runtime = Runtime(settings)
+    await runtime.start()
+    app = make_app(settings, runtime)
+    http = tornado.httpserver.HTTPServer(
+        app, max_body_size=settings.max_body_bytes + 1024, xheaders=False
+    )
+    sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+    http.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+    url = f"http://{host}:{port}"
+    token = settings.tenants["default"].tokens[0] if "default" in settings.tenants else "<token>"
+    print(
+        f"DataExec {__version__} listening on {url} (sandbox: {runtime.sandbox.name})\n"
+        f"token: {token}\n"
+        f"try:   curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json'"
+        f' -d \'{{"code": "pd.DataFrame({{\\"x\\": range(3)}})"}}\' {url}/execute',
+        flush=True,
+    )
+    await stop.wait()
+    log.info("stopping: no new connections; running cells get %.0f s", settings.shutdown_grace_s)
+    http.stop()
+    await runtime.close()
+    await http.close_all_connections()
+    for sock in sockets:
+        if sock.family != socket.AF_UNIX:
+            sock.close()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,75 @@
+"""``POST /execute`` and ``POST /sessions/{id}/execute``: run code, answer the result.
+
+Both take ``{"language", "code", "max_rows", "session_id"}``. Without a session the code runs
+in a fresh kernel that is discarded afterwards, as the replaced system did. A client that
+disconnects cancels its request: queued, it leaves the queue; running, its cell is
+interrupted (``interrupt_on_disconnect``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from server.errors import ValidationError
+from server.handlers.base import BaseHandler, int_field, str_field
+
+LANGUAGES = ("python", "sql")
+
+
+class ExecuteBase(BaseHandler):
+    task: asyncio.Future[Any] | None = None
+
+    def parse(self) -> tuple[dict[str, Any], str, int]:
+        body = self.json_body()
+        language = str_field(body, "language", choices=LANGUAGES) or "python"
+        code = str_field(body, "code", required=True)
+        assert code is not None
+        if not code.strip():
+            raise ValidationError("code is empty")
+        if language == "sql":
+            raise ValidationError(
+                'language "sql" is not available in this version yet; send python'
+            )
+        settings = self.settings_obj
+        max_rows = int_field(body, "max_rows", settings.max_rows_default, 0, settings.max_rows_cap)
+        return body, code, max_rows
+
+    async def run(self, work: Any) -> None:
+        self.task = asyncio.ensure_future(work)
+        self.write_json(await self.task)
+
+    def on_connection_close(self) -> None:
+        if (
+            self.task is not None
+            and not self.task.done()
+            and (self.settings_obj.interrupt_on_disconnect)
+        ):
+            self.task.cancel()
+
+
+class ExecuteHandler(ExecuteBase):
+    async def post(self) -> None:
+        tenant = self.current_tenant()
+        body, code, max_rows = self.parse()
+        session_id = str_field(body, "session_id")
+        sessions = self.runtime.sessions
+        if session_id is None:
+            await self.run(sessions.run_once(tenant, code, max_rows))
+        else:
+            session = sessions.get_or_create(tenant, session_id)
+            await self.run(sessions.execute(session, code, max_rows))
+
+
+class SessionExecuteHandler(ExecuteBase):
+    async def post(self, session_id: str) -> None:
+        tenant = self.current_tenant()
+        _, code, max_rows = self.parse()
+        session = self.runtime.sessions.get_or_create(tenant, session_id)
+        await self.run(self.runtime.sessions.execute(session, code, max_rows))
+
+
+routes = [
+    (r"/execute", ExecuteHandler),
+    (r"/sessions/(?P<session_id>[^/]+)/execute", SessionExecuteHandler),
+]

@@ -1,0 +1,41 @@
+"""``GET /health`` (no auth, the replaced system's shape plus pool state) and ``GET /pools``."""
+
+from __future__ import annotations
+
+from server import __version__
+from server.handlers.base import BaseHandler
+
+
+class HealthHandler(BaseHandler):
+    public = True
+
+    def get(self) -> None:
+        ready = self.runtime.started and not self.runtime.closing
+        self.write_json(
+            {
+                "status": "ok" if ready else "starting" if not self.runtime.closing else "stopping",
+                "db_dialect": self.settings_obj.db_dialect,
+                "version": __version__,
+                **self.runtime.health(),
+            },
+            status=200 if ready else 503,
+        )
+
+
+class PoolsHandler(BaseHandler):
+    """Operator view of the pools: settings and live counts."""
+
+    def get(self) -> None:
+        assert self.tenant is not None
+        self.auth.require_operator(self.tenant)
+        pools = {
+            name: {**vars(pool.settings), **pool.stats()}
+            for name, pool in self.runtime.pools.items()
+        }
+        self.write_json({"sandbox": self.runtime.health()["sandbox"], "pools": pools})
+
+
+routes = [
+    (r"/health", HealthHandler),
+    (r"/pools", PoolsHandler),
+]

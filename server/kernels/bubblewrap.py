@@ -1,0 +1,232 @@
+"""The bubblewrap sandbox: the embedded default where no Docker engine runs.
+
+Each kernel runs as the unprivileged ``kernel_uid`` in fresh user, pid, network, ipc, uts
+and cgroup namespaces, in a cgroup of its own (memory, pids, cpu), seeing only:
+
+    /usr (read-only, with the /bin, /lib, /lib64, /sbin links), the kernel environment
+    (read-only), /dataexec/{srv,lib} (read-only), /dataexec/rw (its tmpfs socket dir),
+    a size-capped /tmp, a private /proc and a minimal /dev, and a two-line /etc/passwd.
+
+Nothing else of the host is bound: not /run, /var/run, the host's /tmp, the state dir or any
+directory holding a unix socket, since a read-only bind does not stop ``connect()``.
+
+The server (root) starts ``sh``, which joins the kernel's cgroup, then ``setpriv`` drops to
+``kernel_uid`` and execs ``bwrap``: limits apply before the kernel's first instruction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from server.config import Settings
+from server.errors import SandboxUnavailable
+from server.kernels.cgroups import KernelCgroup, cgroup_version, check_writable, orphan_cgroups
+from server.kernels.kerneldir import remove_kernel_dir
+from server.kernels.sandbox import (
+    LIB_MOUNT,
+    RW_MOUNT,
+    SRV_MOUNT,
+    LaunchSpec,
+    Sandbox,
+    SandboxedKernel,
+)
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL_BYTES = 8192
+# Joins the cgroups given as arguments, then drops privileges and execs bubblewrap.
+LAUNCHER = (
+    'uid=$1; shift; while [ "$1" != "--" ]; do echo $$ > "$1"; shift; done; shift; '
+    'ulimit -c 0; exec setpriv --reuid="$uid" --regid="$uid" --clear-groups '
+    '--no-new-privs -- "$@"'
+)
+
+
+class BubblewrapKernel(SandboxedKernel):
+    """A kernel process tree under bwrap, with its cgroup."""
+
+    def __init__(
+        self, kernel_id: str, process: asyncio.subprocess.Process, cgroup: KernelCgroup | None
+    ) -> None:
+        self.kernel_id = kernel_id
+        self.process = process
+        self.cgroup = cgroup
+        self.stderr_tail: collections.deque[bytes] = collections.deque(maxlen=64)
+        self._reader = asyncio.ensure_future(self._read_stderr())
+
+    async def _read_stderr(self) -> None:
+        # Keep only a bounded tail of what the kernel prints outside Jupyter, for diagnosis.
+        assert self.process.stderr is not None
+        while chunk := await self.process.stderr.read(STDERR_TAIL_BYTES // 64):
+            self.stderr_tail.append(chunk)
+
+    async def poll(self) -> int | None:
+        return self.process.returncode
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            try:
+                self.process.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.cgroup is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.cgroup.remove)
+        try:
+            await asyncio.wait_for(self.process.wait(), 5)
+        except TimeoutError:
+            log.error("kernel %s: bwrap did not exit after SIGKILL", self.kernel_id)
+        self._reader.cancel()
+
+    async def oom_killed(self) -> bool:
+        return self.cgroup is not None and self.cgroup.oom_kills() > 0
+
+    async def memory_bytes(self) -> int | None:
+        return self.cgroup.memory_bytes() if self.cgroup is not None else None
+
+    def stderr_text(self) -> str:
+        return b"".join(self.stderr_tail).decode(errors="replace")[-STDERR_TAIL_BYTES:]
+
+
+class BubblewrapSandbox(Sandbox):
+    """Starts kernels under bubblewrap; see the module docstring for what they can see."""
+
+    name = "bubblewrap"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.python = settings.kernel_env / "bin" / "python"
+        self.use_cgroups = True
+
+    @classmethod
+    def available(cls) -> bool:
+        return shutil.which("bwrap") is not None
+
+    async def check(self) -> None:
+        if not self.available():
+            raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap)")
+        if not self.python.exists():
+            raise SandboxUnavailable(
+                f"no kernel environment at {self.settings.kernel_env}; "
+                "create it with `dataexec kernel-env`"
+            )
+        if os.geteuid() != 0:
+            raise SandboxUnavailable(
+                "the bubblewrap sandbox needs a root server to run kernels "
+                "as a dedicated uid in their own cgroups"
+            )
+        try:
+            check_writable(self.settings.cgroup_parent)
+        except SandboxUnavailable:
+            if not self.settings.insecure_no_sandbox:
+                raise
+            log.warning(
+                "INSECURE: no writable cgroup; kernels run WITHOUT memory, pids and cpu "
+                "limits because insecure_no_sandbox is set"
+            )
+            self.use_cgroups = False
+
+    def bwrap_argv(self, spec: LaunchSpec) -> list[str]:
+        """The bwrap command line for one kernel (explicit, minimal binds)."""
+        kdir, env_dir = spec.kernel_dir, str(self.settings.kernel_env)
+        argv = [
+            "bwrap",
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--hostname",
+            "dataexec",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+        ]
+        for link in ("bin", "lib", "lib64", "sbin"):
+            if Path(f"/usr/{link}").exists():
+                argv += ["--symlink", f"usr/{link}", f"/{link}"]
+        for etc in ("/etc/ld.so.cache", "/etc/localtime", "/etc/nsswitch.conf"):
+            if os.path.exists(etc):
+                argv += ["--ro-bind", etc, etc]
+        argv += [
+            "--ro-bind",
+            str(kdir / "srv" / "passwd"),
+            "/etc/passwd",
+            "--ro-bind",
+            env_dir,
+            env_dir,
+            "--ro-bind",
+            str(spec.lib_dir),
+            LIB_MOUNT,
+            "--ro-bind",
+            str(kdir / "srv"),
+            SRV_MOUNT,
+            "--bind",
+            str(kdir / "rw"),
+            RW_MOUNT,
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--size",
+            str(spec.limits.tmp_bytes),
+            "--tmpfs",
+            "/tmp",
+            "--remount-ro",
+            "/",
+            "--clearenv",
+            "--chdir",
+            "/tmp",
+        ]
+        for key, value in spec.kernel_env().items():
+            argv += ["--setenv", key, value]
+        return argv + spec.kernel_argv(str(self.python))
+
+    async def launch(self, spec: LaunchSpec) -> SandboxedKernel:
+        uid = self.settings.kernel_uid
+        (spec.kernel_dir / "srv" / "passwd").write_text(
+            f"root:x:0:0::/:/usr/sbin/nologin\nkernel:x:{uid}:{uid}::/tmp:/usr/sbin/nologin\n"
+        )
+        cgroup = None
+        if self.use_cgroups:
+            version = cgroup_version()
+            assert version is not None
+            cgroup = KernelCgroup(
+                parent=self.settings.cgroup_parent, name=spec.kernel_id, version=version
+            )
+            cgroup.create(spec.limits.memory_bytes, spec.limits.pids, spec.limits.cpus)
+        procs = [str(p) for p in cgroup.procs_files] if cgroup else []
+        process = await asyncio.create_subprocess_exec(
+            "sh",
+            "-c",
+            LAUNCHER,
+            "launcher",
+            str(uid),
+            *procs,
+            "--",
+            *self.bwrap_argv(spec),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+        return BubblewrapKernel(spec.kernel_id, process, cgroup)
+
+    async def reap_orphans(self) -> int:
+        def reap() -> int:
+            count = 0
+            for cgroup in orphan_cgroups(self.settings.cgroup_parent):
+                cgroup.remove()
+                count += 1
+            kernels = self.settings.runtime_dir / "k"
+            if kernels.is_dir():
+                for root in kernels.iterdir():
+                    remove_kernel_dir(root)
+            return count
+
+        return await asyncio.get_running_loop().run_in_executor(None, reap)

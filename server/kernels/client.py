@@ -1,0 +1,225 @@
+"""An asyncio client for one kernel's Jupyter channels over ZMQ ``ipc``.
+
+Small on purpose: a kernel serves one session and its executions run one at a time, so the
+client sends an ``execute_request`` and reads iopub and shell until the reply and the idle
+status of that request have both arrived, ignoring messages of earlier requests.
+
+Output is bounded twice: every socket has ``zmq.MAXMSGSIZE`` (a larger message drops the
+connection, which a monitor socket reports), and the bytes of one execution's messages are
+counted; past the cap the execution ends with ``OutputTooLarge`` and the caller replaces the
+kernel. So a flood cannot make the server buffer more than the cap.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import nbformat
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+from zmq.utils.monitor import parse_monitor_message
+
+from server.errors import KernelDied, OutputTooLarge
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+OUTPUT_MSG_TYPES = ("stream", "display_data", "execute_result", "error", "update_display_data")
+MONITOR_EVENTS = zmq.EVENT_DISCONNECTED
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI_ESCAPE.sub("", text)
+
+
+@dataclass
+class Execution:
+    """What one execute_request produced."""
+
+    status: str  # ok | error | aborted
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    user_expressions: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    elapsed_ms: float = 0.0
+
+
+class ExecutionTimedOut(Exception):
+    """The execution did not finish in time; the caller decides interrupt or kill."""
+
+
+class ChannelLost(Exception):
+    """A channel dropped: the kernel died, or sent a message over ``zmq.MAXMSGSIZE``."""
+
+
+class KernelClient:
+    """Shell, iopub and control channels of one kernel."""
+
+    def __init__(
+        self, connection_info: dict[str, Any], context: zmq.asyncio.Context, max_message_bytes: int
+    ) -> None:
+        self.session = Session(
+            key=connection_info["key"].encode(),
+            signature_scheme=connection_info["signature_scheme"],
+            username="dataexec",
+        )
+        base = f"ipc://{connection_info['ip']}"
+        self.sockets: list[zmq.asyncio.Socket] = []
+        self.monitors: list[zmq.asyncio.Socket] = []
+
+        def connect(kind: int, channel: str) -> zmq.asyncio.Socket:
+            sock = context.socket(kind)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+            if kind == zmq.SUB:
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+            self.monitors.append(sock.get_monitor_socket(MONITOR_EVENTS))
+            sock.connect(f"{base}-{connection_info[f'{channel}_port']}")
+            self.sockets.append(sock)
+            return sock
+
+        self.shell = connect(zmq.DEALER, "shell")
+        self.iopub = connect(zmq.SUB, "iopub")
+        self.control = connect(zmq.DEALER, "control")
+        self.disconnected = False
+
+    async def _recv(self, sock: zmq.asyncio.Socket) -> tuple[dict[str, Any], int]:
+        frames = await sock.recv_multipart(copy=True)
+        size = sum(len(f) for f in frames)
+        _, parts = self.session.feed_identities(frames, copy=True)
+        return self.session.deserialize(parts, content=True, copy=True), size
+
+    async def wait_ready(self, timeout: float, alive: Any) -> None:
+        """Return once the kernel answers kernel_info and its iopub reaches us."""
+        deadline = time.monotonic() + timeout
+        poller = zmq.asyncio.Poller()
+        poller.register(self.shell, zmq.POLLIN)
+        poller.register(self.iopub, zmq.POLLIN)
+        replied = published = False
+        msg_id = self.session.send(self.shell, "kernel_info_request", {})["header"]["msg_id"]
+        last_sent = time.monotonic()
+        while not (replied and published):
+            if time.monotonic() > deadline:
+                raise KernelDied("the kernel did not become ready in time")
+            if not await alive():
+                raise KernelDied("the kernel exited while starting")
+            if replied and time.monotonic() - last_sent > 0.05:
+                # iopub subscriptions propagate asynchronously: ask again until one arrives.
+                msg_id = self.session.send(self.shell, "kernel_info_request", {})["header"][
+                    "msg_id"
+                ]
+                last_sent = time.monotonic()
+            for sock, _ in await poller.poll(50):
+                msg, _ = await self._recv(sock)
+                if sock is self.shell and msg["msg_type"] == "kernel_info_reply":
+                    replied = True
+                elif sock is self.iopub and msg["parent_header"].get("msg_id") == msg_id:
+                    published = True
+
+    async def execute(
+        self,
+        code: str,
+        user_expressions: dict[str, str],
+        timeout: float,
+        output_limit: int,
+        alive: Any,
+        silent: bool = False,
+    ) -> Execution:
+        """Run ``code``; raise ExecutionTimedOut or OutputTooLarge, else return the Execution."""
+        started = time.perf_counter()
+        content = {
+            "code": code,
+            "silent": silent,
+            "store_history": not silent,
+            "user_expressions": user_expressions,
+            "allow_stdin": False,
+            "stop_on_error": True,
+        }
+        msg_id = self.session.send(self.shell, "execute_request", content)["header"]["msg_id"]
+        poller = zmq.asyncio.Poller()
+        for sock in (self.shell, self.iopub, *self.monitors):
+            poller.register(sock, zmq.POLLIN)
+        reply: dict[str, Any] | None = None
+        idle = False
+        outputs: list[dict[str, Any]] = []
+        used = 0
+        deadline = time.monotonic() + timeout
+        while reply is None or not idle:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ExecutionTimedOut()
+            events = await poller.poll(min(remaining, 1.0) * 1000)
+            if not events and not await alive():
+                raise ChannelLost()
+            for sock, _ in events:
+                if sock in self.monitors:
+                    frames = await sock.recv_multipart()
+                    if parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED:
+                        raise ChannelLost()
+                    continue
+                msg, size = await self._recv(sock)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                used += size
+                if used > output_limit:
+                    raise OutputTooLarge(
+                        f"the cell produced more than {output_limit} bytes of output"
+                    )
+                if sock is self.shell:
+                    reply = msg
+                elif msg["msg_type"] == "status":
+                    idle = msg["content"]["execution_state"] == "idle"
+                elif msg["msg_type"] in OUTPUT_MSG_TYPES:
+                    _append_output(outputs, msg)
+        result = reply["content"]
+        execution = Execution(
+            status=result["status"],
+            outputs=outputs,
+            user_expressions=result.get("user_expressions", {}),
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+        )
+        if result["status"] == "error":
+            execution.error = {
+                "ename": result.get("ename", ""),
+                "evalue": result.get("evalue", ""),
+                "traceback": [strip_ansi(t) for t in result.get("traceback", [])],
+            }
+        return execution
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """After an interrupt: wait for the kernel's execute_reply of the running cell."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not await self.shell.poll(remaining * 1000):
+                return False
+            msg, _ = await self._recv(self.shell)
+            if msg["msg_type"] == "execute_reply":
+                return True
+        return False
+
+    def interrupt(self) -> None:
+        """Ask the kernel to interrupt its running cell (message mode: works in every sandbox)."""
+        self.session.send(self.control, "interrupt_request", {})
+
+    def close(self) -> None:
+        for sock in (*self.sockets, *self.monitors):
+            sock.close(linger=0)
+
+
+def _append_output(outputs: list[dict[str, Any]], msg: dict[str, Any]) -> None:
+    """Add an iopub output as an nbformat v4 output, merging consecutive stream chunks."""
+    if msg["msg_type"] == "update_display_data":
+        return
+    output = nbformat.v4.output_from_msg(msg)
+    if output["output_type"] == "error":
+        output["traceback"] = [strip_ansi(t) for t in output["traceback"]]
+    if (
+        output["output_type"] == "stream"
+        and outputs
+        and outputs[-1]["output_type"] == "stream"
+        and outputs[-1]["name"] == output["name"]
+    ):
+        outputs[-1]["text"] += output["text"]
+        return
+    outputs.append(output)

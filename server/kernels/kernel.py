@@ -1,0 +1,202 @@
+"""One running kernel (sandboxed process, kernel dir, client) and the launcher that makes it.
+
+``Kernel.run`` turns every way a cell can go wrong into our errors and records whether the
+kernel survived: after a timeout that an interrupt did not end, an output flood, a memory
+kill or a crash, ``Kernel.lost`` names why and the session gets a fresh kernel next time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import zmq.asyncio
+
+from server.config import PoolSettings, Settings
+from server.errors import DataExecError, ExecutionTimeout, KernelDied, OutOfMemory, OutputTooLarge
+from server.kernels.client import ChannelLost, Execution, ExecutionTimedOut, KernelClient
+from server.kernels.kerneldir import KernelDir, new_connection_info
+from server.kernels.sandbox import ENV_ALLOW_LIST, LaunchSpec, Limits, Sandbox, SandboxedKernel
+
+log = logging.getLogger(__name__)
+
+# Room for protocol framing on top of the output cap in a single ZMQ message.
+MESSAGE_OVERHEAD = 64 * 1024
+# Run once before a kernel counts as warm: the first cell of a fresh kernel pays ~100 ms for
+# lazy imports of the display and traceback machinery that no session should pay for. It
+# formats a traceback, displays a frame, and resets the counter so the session's first cell
+# is In[1].
+WARM_UP_CODE = """\
+try:
+    1 / 0
+except ZeroDivisionError:
+    get_ipython().InteractiveTB.structured_traceback(*__import__('sys').exc_info())
+get_ipython().execution_count = 1
+pd.DataFrame({'a': [1.0]}).describe()
+"""
+WARM_UP_EXPRESSIONS = {"dataexec": "__dataexec__.result(1)"}
+
+
+class Kernel:
+    """A kernel given to at most one session, once; destroyed, never handed back."""
+
+    def __init__(
+        self,
+        kernel_id: str,
+        pool: PoolSettings,
+        process: SandboxedKernel,
+        kernel_dir: KernelDir,
+        client: KernelClient,
+    ) -> None:
+        self.kernel_id = kernel_id
+        self.pool = pool
+        self.process = process
+        self.kernel_dir = kernel_dir
+        self.client = client
+        self.created = time.time()
+        self.lost: str | None = None  # why the kernel can no longer be used
+        self.interrupt_grace = 2.0
+        self._closed = False
+
+    async def alive(self) -> bool:
+        return self.lost is None and await self.process.poll() is None
+
+    async def run(
+        self, code: str, user_expressions: dict[str, str], output_limit: int
+    ) -> Execution:
+        """Execute ``code`` within the pool's timeout, mapping every failure to our errors."""
+        timeout = self.pool.timeout_s
+        try:
+            return await self.client.execute(
+                code, user_expressions, timeout, output_limit, self.alive
+            )
+        except ExecutionTimedOut:
+            stopped = await self.stop_running_cell(grace=None)
+            raise ExecutionTimeout(
+                f"execution exceeded the {timeout:g} s limit and was "
+                + ("interrupted" if stopped else "killed with its kernel")
+            ) from None
+        except OutputTooLarge:
+            await self.discard("output_too_large")
+            raise
+        except ChannelLost:
+            raise await self._death_error(output_limit) from None
+        except asyncio.CancelledError:
+            # The client went away: stop the cell so the kernel is free for the next request.
+            await asyncio.shield(self.stop_running_cell(grace=None))
+            raise
+
+    async def stop_running_cell(self, grace: float | None) -> bool:
+        """Interrupt the running cell; kill the kernel if it does not stop. True if it stopped."""
+        grace = self.interrupt_grace if grace is None else grace
+        self.client.interrupt()
+        if await self.client.wait_idle(grace):
+            return True
+        await self.discard("timeout")
+        return False
+
+    async def _death_error(self, output_limit: int) -> DataExecError:
+        """Why the channel dropped: OOM kill, a crash, or a message over the size cap."""
+        for _ in range(50):
+            if await self.process.poll() is not None:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            await self.discard("output_too_large")
+            return OutputTooLarge(
+                f"a single output message exceeded the {output_limit}-byte output limit"
+            )
+        if await self.process.oom_killed():
+            await self.discard("out_of_memory")
+            return OutOfMemory(
+                f"the kernel exceeded its {self.pool.memory_mb} MiB memory limit and was killed"
+            )
+        await self.discard("kernel_died")
+        return KernelDied("the kernel died during execution")
+
+    async def discard(self, reason: str) -> None:
+        """Mark the kernel unusable for ``reason`` and destroy it."""
+        self.lost = self.lost or reason
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Destroy the kernel: close channels, kill the sandbox, remove its directory."""
+        if self._closed:
+            return
+        self._closed = True
+        self.lost = self.lost or "shut_down"
+        self.client.close()
+        try:
+            await self.process.kill()
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, self.kernel_dir.remove)
+
+
+class KernelLauncher:
+    """Starts ready kernels in the configured sandbox."""
+
+    def __init__(
+        self, settings: Settings, sandbox: Sandbox, lib_dir: Any, env: dict[str, str]
+    ) -> None:
+        self.settings = settings
+        self.sandbox = sandbox
+        self.lib_dir = lib_dir
+        self.env = {k: v for k, v in env.items() if k in ENV_ALLOW_LIST}
+        self.context = zmq.asyncio.Context()
+
+    async def start(self, pool: PoolSettings) -> Kernel:
+        """Start one kernel of ``pool`` and return it once it answers (pandas imported)."""
+        kernel_id = uuid.uuid4().hex
+        limits = Limits.of_pool(pool)
+        loop = asyncio.get_running_loop()
+        kernel_dir = await loop.run_in_executor(
+            None,
+            KernelDir.create,
+            self.settings.runtime_dir,
+            kernel_id,
+            self.settings.kernel_uid,
+            limits.rw_bytes,
+        )
+        process: SandboxedKernel | None = None
+        client: KernelClient | None = None
+        try:
+            info = new_connection_info(kernel_dir)
+            kernel_dir.write_connection_file(info)
+            spec = LaunchSpec(
+                kernel_id=kernel_id,
+                kernel_dir=kernel_dir.root,
+                lib_dir=self.lib_dir,
+                limits=limits,
+                pool=pool.name,
+                env=self.env,
+            )
+            process = await self.sandbox.launch(spec)
+            client = KernelClient(
+                info, self.context, self.settings.output_limit_bytes + MESSAGE_OVERHEAD
+            )
+            kernel = Kernel(kernel_id, pool, process, kernel_dir, client)
+            kernel.interrupt_grace = self.settings.interrupt_grace_s
+            await client.wait_ready(self.settings.kernel_start_timeout_s, kernel.alive)
+            await client.execute(
+                WARM_UP_CODE,
+                WARM_UP_EXPRESSIONS,
+                self.settings.kernel_start_timeout_s,
+                self.settings.output_limit_bytes,
+                kernel.alive,
+            )
+            return kernel
+        except BaseException as exc:
+            detail = getattr(process, "stderr_text", lambda: "")()
+            log.error("kernel %s failed to start: %s %s", kernel_id[:12], exc, detail[-2000:])
+            if client is not None:
+                client.close()
+            if process is not None:
+                await process.kill()
+            await loop.run_in_executor(None, kernel_dir.remove)
+            raise
+
+    def close(self) -> None:
+        self.context.term()

@@ -1,0 +1,190 @@
+"""Warm pools: kernels started before anyone asks, each handed out once.
+
+A ``KernelPool`` serves one profile (``[pools.<name>]``). It keeps ``min_idle`` ready kernels
+that no session has touched; ``acquire`` hands one out (or, when none is idle, waits for one
+that is starting) and the pool refills in the background. A kernel that leaves the pool never
+comes back: ``release`` destroys it.
+
+Counting is what keeps ``max_kernels`` honest: kernels still starting count toward the
+limit, alongside idle and handed-out ones, so fast clients cannot slip past it while a start
+is in flight. Past the limit a request waits up to ``capacity_wait_s``, then gets
+``Capacity`` (503 with Retry-After).
+
+Waiters are served first come, first served: a kernel that becomes ready goes to the oldest
+waiter, and only when nobody waits does it join the idle queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from server.config import PoolSettings
+from server.errors import Capacity, DataExecError, KernelDied
+from server.kernels.kernel import Kernel
+
+log = logging.getLogger(__name__)
+
+Starter = Callable[[PoolSettings], Awaitable[Kernel]]
+
+
+class KernelPool:
+    """Warm kernels of one profile; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: PoolSettings,
+        start_kernel: Starter,
+        capacity_wait_s: float,
+        start_timeout_s: float,
+    ) -> None:
+        self.settings = settings
+        self.start_kernel = start_kernel
+        self.capacity_wait_s = capacity_wait_s
+        self.start_timeout_s = start_timeout_s
+        self.idle: collections.deque[Kernel] = collections.deque()
+        self.waiters: collections.deque[asyncio.Future[Kernel]] = collections.deque()
+        self.starting = 0
+        self.in_use = 0
+        self.started_total = 0
+        self.start_failures = 0
+        self.closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def total(self) -> int:
+        return len(self.idle) + self.starting + self.in_use
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "idle": len(self.idle),
+            "starting": self.starting,
+            "in_use": self.in_use,
+            "waiting": len(self.waiters),
+            "max_kernels": self.settings.max_kernels,
+            "min_idle": self.settings.min_idle,
+            "started_total": self.started_total,
+            "start_failures": self.start_failures,
+        }
+
+    def fill(self) -> None:
+        """Start kernels until idle + starting covers the waiters and ``min_idle``, within max."""
+        if self.closed:
+            return
+        wanted = len(self.waiters) + self.settings.min_idle - len(self.idle) - self.starting
+        room = self.settings.max_kernels - self.total
+        for _ in range(max(0, min(wanted, room))):
+            self.starting += 1
+            task = asyncio.ensure_future(self._start_one())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _start_one(self) -> None:
+        try:
+            kernel = await self.start_kernel(self.settings)
+        except Exception as exc:
+            self.starting -= 1
+            self.start_failures += 1
+            log.error("pool %s: kernel start failed: %s", self.name, exc)
+            error = (
+                exc if isinstance(exc, DataExecError) else KernelDied("a kernel failed to start")
+            )
+            # Fail one waiter rather than let it hang; the others keep waiting for capacity.
+            self._fail_one_waiter(error)
+            return
+        self.starting -= 1
+        self.started_total += 1
+        if self.closed:
+            await kernel.shutdown()
+            return
+        self._hand_out(kernel)
+
+    def _fail_one_waiter(self, error: Exception) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+                return
+
+    def _hand_out(self, kernel: Kernel) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                self.in_use += 1
+                waiter.set_result(kernel)
+                return
+        self.idle.append(kernel)
+
+    async def acquire(self) -> Kernel:
+        """A ready kernel that no session has used; waits for one within the limits."""
+        while self.idle:
+            kernel = self.idle.popleft()
+            if await kernel.alive():
+                self.in_use += 1
+                self.fill()
+                return kernel
+            self._destroy(kernel)
+        full = self.total >= self.settings.max_kernels
+        waiter: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self.fill()
+        timeout = self.capacity_wait_s if full else self.start_timeout_s + self.capacity_wait_s
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # A kernel reached us just as we gave up (timeout, client gone): pass it on.
+                self.in_use -= 1
+                self._hand_out(waiter.result())
+            waiter.cancel()
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+            if isinstance(exc, asyncio.TimeoutError):
+                raise Capacity(
+                    f"all {self.settings.max_kernels} kernels of pool {self.name!r} "
+                    "are busy; retry later"
+                ) from None
+            raise
+
+    def release(self, kernel: Kernel) -> None:
+        """Take back a handed-out kernel: it is destroyed, and the pool refills."""
+        self.in_use -= 1
+        self._destroy(kernel)
+
+    def _destroy(self, kernel: Kernel) -> None:
+        task = asyncio.ensure_future(self._shutdown(kernel))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _shutdown(self, kernel: Kernel) -> None:
+        try:
+            await kernel.shutdown()
+        except Exception:
+            log.exception("pool %s: could not remove kernel %s", self.name, kernel.kernel_id[:12])
+        self.fill()
+
+    async def check_idle(self) -> None:
+        """Drop idle kernels that died while waiting (and start replacements)."""
+        for kernel in list(self.idle):
+            if not await kernel.alive():
+                log.warning("pool %s: idle kernel %s died", self.name, kernel.kernel_id[:12])
+                self.idle.remove(kernel)
+                self._destroy(kernel)
+
+    async def close(self) -> None:
+        """Destroy idle kernels and wait for starts in flight (their kernels are destroyed)."""
+        self.closed = True
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(Capacity("the server is shutting down"))
+        while self.idle:
+            self._destroy(self.idle.popleft())
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,0 +1,236 @@
+"""The OpenAPI description of every route, served at ``GET /openapi.json``.
+
+Kept true by a test that compares its paths and methods with the routes of ``make_app``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server import __version__
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _op(
+    summary: str,
+    ok: tuple[str, dict[str, Any]] | None,
+    *errors: str,
+    body: dict[str, Any] | None = None,
+    public: bool = False,
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    if ok:
+        status, schema = ok
+        responses[status] = (
+            {"description": "success", "content": {"application/json": {"schema": schema}}}
+            if schema
+            else {"description": "success"}
+        )
+    for status in ("401",) * (not public) + errors:
+        responses[status] = {
+            "description": "error",
+            "content": {"application/json": {"schema": ERROR}},
+        }
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
+    if public:
+        operation["security"] = []
+    return operation
+
+
+SESSION_ID = {
+    "name": "session_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+}
+RESULT = {"$ref": "#/components/schemas/EnrichedExecutionResult"}
+SESSION = {"$ref": "#/components/schemas/Session"}
+EXECUTE_BODY = {
+    "type": "object",
+    "required": ["code"],
+    "properties": {
+        "language": {"type": "string", "enum": ["python", "sql"], "default": "python"},
+        "code": {"type": "string"},
+        "max_rows": {"type": "integer", "minimum": 0},
+        "session_id": {"type": "string"},
+    },
+}
+EXECUTE_ERRORS = ("400", "403", "404", "409", "413", "500", "503")
+
+
+def openapi_document() -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document."""
+    with_id = {"parameters": [SESSION_ID]}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "DataExec",
+            "version": __version__,
+            "description": "Runs LLM-written pandas code in sandboxed, warm Jupyter "
+            "kernels next to a database.",
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/health": {
+                "get": _op(
+                    "Liveness, database dialect and pool state",
+                    ("200", {"type": "object"}),
+                    "503",
+                    public=True,
+                )
+            },
+            "/pools": {
+                "get": _op(
+                    "Pools with their settings and live counts (operator)",
+                    ("200", {"type": "object"}),
+                    "403",
+                )
+            },
+            "/openapi.json": {
+                "get": _op("This document", ("200", {"type": "object"}), public=True)
+            },
+            "/execute": {
+                "post": _op(
+                    "Run code; in a throwaway kernel unless session_id is given",
+                    ("200", RESULT),
+                    *EXECUTE_ERRORS,
+                    body=EXECUTE_BODY,
+                )
+            },
+            "/sessions": {
+                "get": _op(
+                    "This tenant's sessions",
+                    (
+                        "200",
+                        {
+                            "type": "object",
+                            "properties": {"sessions": {"type": "array", "items": SESSION}},
+                        },
+                    ),
+                ),
+                "post": _op(
+                    "Create a session (with a kernel from its pool)",
+                    ("201", SESSION),
+                    "400",
+                    "403",
+                    "409",
+                    "503",
+                    body={
+                        "type": "object",
+                        "properties": {
+                            "session_id": {"type": "string"},
+                            "pool": {"type": "string"},
+                        },
+                    },
+                ),
+            },
+            "/sessions/{session_id}": {
+                **with_id,
+                "get": _op("A session's state", ("200", SESSION), "404"),
+                "delete": _op("End a session and destroy its kernel", ("204", {}), "404"),
+            },
+            "/sessions/{session_id}/execute": {
+                **with_id,
+                "post": _op(
+                    "Run code in the session (created on first use)",
+                    ("200", RESULT),
+                    *EXECUTE_ERRORS,
+                    body=EXECUTE_BODY,
+                ),
+            },
+            "/sessions/{session_id}/interrupt": {
+                **with_id,
+                "post": _op(
+                    "Interrupt the running cell (skips the queue)",
+                    ("200", {"type": "object"}),
+                    "404",
+                ),
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["detail"],
+                    "properties": {
+                        "detail": {
+                            "type": "object",
+                            "required": ["type", "message"],
+                            "properties": {
+                                "type": {"type": "string"},
+                                "message": {"type": "string"},
+                                "request_id": {"type": "string"},
+                                "ename": {"type": "string"},
+                                "evalue": {"type": "string"},
+                                "traceback": {"type": "array", "items": {"type": "string"}},
+                                "outputs": {"type": "array"},
+                                "session_id": {"type": ["string", "null"]},
+                                "execution_count": {"type": "integer"},
+                                "kernel_replaced": {"type": "boolean"},
+                            },
+                        }
+                    },
+                },
+                "Session": {
+                    "type": "object",
+                    "properties": {
+                        "session_id": {"type": "string"},
+                        "state": {"type": "string", "enum": ["idle", "busy", "no_kernel"]},
+                        "pool": {"type": "string"},
+                        "kernel": {"type": "object"},
+                        "created": {"type": "string"},
+                        "last_activity": {"type": "string"},
+                        "execution_count": {"type": "integer"},
+                        "queued": {"type": "integer"},
+                    },
+                },
+                "EnrichedExecutionResult": {
+                    "type": "object",
+                    "required": ["status", "metadata", "data"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["success"]},
+                        "session_id": {"type": ["string", "null"]},
+                        "execution_count": {"type": "integer"},
+                        "metadata": {
+                            "type": "object",
+                            "properties": {
+                                "execution_time_ms": {"type": "number"},
+                                "row_count": {"type": "integer"},
+                                "truncated": {"type": "boolean"},
+                                "result_schema": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "name": {"type": "string"},
+                                            "type": {"type": "string"},
+                                            "stats": {"type": "object"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                        "data": {
+                            "type": ["object", "null"],
+                            "properties": {
+                                "columns": {"type": "array", "items": {"type": "string"}},
+                                "rows": {"type": "array", "items": {"type": "array"}},
+                            },
+                        },
+                        "cache_key": {"type": ["string", "null"]},
+                        "outputs": {"type": "array", "items": {"type": "object"}},
+                        "kernel_replaced": {"type": "boolean"},
+                        "replaced_reason": {"type": "string"},
+                        "restored_frames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+        },
+    }

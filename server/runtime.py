@@ -1,0 +1,126 @@
+"""The running parts of a server, wired once: sandbox, kernel launcher, pools, sessions.
+
+``Runtime.start`` checks the sandbox, removes what an earlier run left behind and starts
+warming the pools; ``Runtime.close`` lets running cells finish (bounded) and removes every
+kernel. Tests and the CLI both build a server this way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from server.config import Settings
+from server.errors import SandboxUnavailable
+from server.kernels.kernel import KernelLauncher
+from server.kernels.kerneldir import check_runtime_dir, install_kernel_lib
+from server.kernels.pool import KernelPool
+from server.kernels.sandbox import Sandbox
+from server.sessions import SessionManager
+
+log = logging.getLogger(__name__)
+
+
+async def choose_sandbox(settings: Settings) -> Sandbox:
+    """The configured sandbox; for ``auto``, Docker when it can run kernels, else bubblewrap."""
+    from server.kernels.bubblewrap import BubblewrapSandbox
+
+    choice = settings.sandbox
+    if choice == "none":
+        from server.kernels.unsandboxed import UnsandboxedSandbox
+
+        return UnsandboxedSandbox(settings)
+    if choice in ("docker", "auto"):
+        from server.kernels.docker import DockerSandbox
+
+        loop = asyncio.get_running_loop()
+        if choice == "docker" or await loop.run_in_executor(
+            None, DockerSandbox.available, settings
+        ):
+            return DockerSandbox(settings)
+    return BubblewrapSandbox(settings)
+
+
+class Runtime:
+    """Everything a request handler needs below HTTP."""
+
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.env = dict(os.environ if env is None else env)
+        self.sandbox: Sandbox | None = None
+        self.launcher: KernelLauncher | None = None
+        self.pools: dict[str, KernelPool] = {}
+        self.sessions = SessionManager(settings, self.pools)
+        self.started = False
+        self.closing = False
+        self._culler: asyncio.Task[Any] | None = None
+
+    async def start(self) -> None:
+        """Check the sandbox, reap orphans, start the pools warming and the culler."""
+        settings = self.settings
+        check_runtime_dir(settings.runtime_dir)
+        settings.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self.sandbox = await choose_sandbox(settings)
+        await self.sandbox.check()
+        reaped = await self.sandbox.reap_orphans()
+        if reaped:
+            log.info("removed %d kernels left by an earlier run", reaped)
+        lib_dir = install_kernel_lib(settings.runtime_dir)
+        self.launcher = KernelLauncher(settings, self.sandbox, lib_dir, self.env)
+        for name, pool_settings in settings.pools.items():
+            self.pools[name] = KernelPool(
+                pool_settings,
+                self.launcher.start,
+                settings.capacity_wait_s,
+                settings.kernel_start_timeout_s,
+            )
+            self.pools[name].fill()
+        self._culler = asyncio.ensure_future(self._cull_forever())
+        self.started = True
+        log.info(
+            "sandbox: %s; pools: %s",
+            self.sandbox.name,
+            ", ".join(
+                f"{p.name} (min_idle {p.settings.min_idle}, max {p.settings.max_kernels})"
+                for p in self.pools.values()
+            ),
+        )
+
+    async def _cull_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.cull_interval_s)
+            try:
+                await self.sessions.cull()
+            except Exception:
+                log.exception("cull failed")
+
+    async def wait_warm(self, timeout: float = 60.0) -> None:
+        """Wait until every pool has its min_idle kernels ready (tests, benchmarks)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while any(len(p.idle) < p.settings.min_idle for p in self.pools.values()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise SandboxUnavailable("pools did not warm up in time")
+            await asyncio.sleep(0.05)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "sandbox": self.sandbox.name if self.sandbox else None,
+            "pools": {name: pool.stats() for name, pool in self.pools.items()},
+            "sessions": len(self.sessions.sessions),
+        }
+
+    async def close(self) -> None:
+        """Graceful stop: running cells get ``shutdown_grace_s``, then every kernel goes."""
+        self.closing = True
+        if self._culler is not None:
+            self._culler.cancel()
+        await self.sessions.close(self.settings.shutdown_grace_s)
+        for pool in self.pools.values():
+            await pool.close()
+        if self.sandbox is not None:
+            await self.sandbox.reap_orphans()
+            await self.sandbox.close()
+        if self.launcher is not None:
+            self.launcher.close()

@@ -1,0 +1,180 @@
+"""Shared fixtures: real servers over real sockets, real kernels in a real sandbox.
+
+One server (``api``) is started for the whole run and shared, since a kernel costs about a
+second to start; tests that break kernels on purpose use their own pools (``small``,
+``tiny``) so they cannot starve the others. Every server gets its own runtime dir and cgroup
+parent, so teardown (and the orphan checks) touch only what the tests made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import tornado.httpserver
+import tornado.netutil
+
+from server.app import make_app
+from server.config import Settings, load_settings
+from server.runtime import Runtime
+
+TOKEN_A = "tenant-a-token-" + secrets.token_hex(8)
+TOKEN_B = "tenant-b-token-" + secrets.token_hex(8)
+OPERATOR_TOKEN = "operator-token-" + secrets.token_hex(8)
+
+CONFIG = f"""
+operator_token = "{OPERATOR_TOKEN}"
+capacity_wait_s = 1.0
+interrupt_grace_s = 1.0
+output_limit_bytes = 1048576
+max_rows_cap = 5000
+session_queue_size = 2
+shutdown_grace_s = 2.0
+
+[pools.default]
+min_idle = 2
+max_kernels = 8
+
+[pools.small]
+min_idle = 0
+max_kernels = 3
+memory_mb = 256
+pids = 64
+timeout_s = 4
+
+[pools.tiny]
+min_idle = 0
+max_kernels = 1
+
+[tenants.acme]
+tokens = ["{TOKEN_A}"]
+pools = ["default", "small", "tiny"]
+
+[tenants.globex]
+tokens = ["{TOKEN_B}"]
+pools = ["default"]
+"""
+
+
+def make_settings(tmp_path: Path, config: str = CONFIG, **env: str) -> Settings:
+    """Settings for a test server with its own state dir, runtime dir and cgroup parent."""
+    tag = secrets.token_hex(3)
+    config_file = tmp_path / f"dataexec-{tag}.toml"
+    config_file.write_text(config)
+    base_env = {
+        "DATAEXEC_STATE_DIR": str(tmp_path / f"state-{tag}"),
+        "DATAEXEC_RUNTIME_DIR": f"/run/dxt-{tag}",
+        "DATAEXEC_CGROUP_PARENT": f"dataexec-test-{tag}",
+        "DATAEXEC_SANDBOX": os.environ.get("DATAEXEC_TEST_SANDBOX", "bubblewrap"),
+    }
+    for name in ("DATAEXEC_KERNEL_ENV", "DATAEXEC_DOCKER_IMAGE", "OPENBLAS_CORETYPE"):
+        if name in os.environ:
+            base_env[name] = os.environ[name]
+    return load_settings(env={**base_env, **env}, config_file=config_file)
+
+
+@dataclass
+class RunningServer:
+    """A started Runtime behind a real Tornado HTTP server on 127.0.0.1."""
+
+    settings: Settings
+    runtime: Runtime
+    http: tornado.httpserver.HTTPServer
+    url: str
+
+    def client(self, token: str | None = TOKEN_A, timeout: float = 60.0) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+
+    async def stop(self) -> None:
+        self.http.stop()
+        await self.runtime.close()
+        await self.http.close_all_connections()
+
+
+async def start_server(settings: Settings, env: dict[str, str] | None = None) -> RunningServer:
+    runtime = Runtime(settings, env=env)
+    await runtime.start()
+    http = tornado.httpserver.HTTPServer(
+        make_app(settings, runtime), max_body_size=settings.max_body_bytes + 1024
+    )
+    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
+    http.add_sockets([sock])
+    return RunningServer(settings, runtime, http, f"http://127.0.0.1:{sock.getsockname()[1]}")
+
+
+@pytest.fixture(scope="session")
+async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningServer]:
+    """The shared server: two tenants, three pools, pools warmed before the first test."""
+    settings = make_settings(tmp_path_factory.mktemp("api"))
+    server = await start_server(settings, env={"DATAEXEC_TEST_MARKER": "server-secret-env"})
+    await server.runtime.wait_warm()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def client(api: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with api.client() as http:
+        yield http
+
+
+@pytest.fixture
+async def session_id(api: RunningServer) -> AsyncIterator[str]:
+    """A fresh session id; the session (in any tenant) ends with the test, freeing its kernel."""
+    name = "test-" + secrets.token_hex(6)
+    yield name
+    for tenant in api.settings.tenants.values():
+        if (tenant.name, name) in api.runtime.sessions.sessions:
+            await api.runtime.sessions.delete(tenant, name)
+
+
+async def run(client: httpx.AsyncClient, session: str, code: str, **extra: Any) -> httpx.Response:
+    """POST code to a session's execute endpoint."""
+    return await client.post(f"/sessions/{session}/execute", json={"code": code, **extra})
+
+
+async def ok(client: httpx.AsyncClient, session: str, code: str, **extra: Any) -> dict[str, Any]:
+    """Execute and assert success; return the answer."""
+    response = await run(client, session, code, **extra)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def value_of(client: httpx.AsyncClient, session: str, expression: str) -> Any:
+    """The scalar value of ``expression`` evaluated in the session's kernel."""
+    answer = await ok(client, session, expression)
+    return answer["data"]["rows"][0][0]
+
+
+def assert_error(response: httpx.Response, status: int, error_type: str) -> dict[str, Any]:
+    """Assert the documented error shape and return its detail."""
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert detail["type"] == error_type, detail
+    assert isinstance(detail["message"], str) and detail["message"]
+    assert detail["request_id"] == response.headers["X-Request-Id"]
+    return detail
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
+    """Poll an async predicate until it is truthy (bounded)."""
+
+    async def waiter() -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            result = await predicate()
+            if result:
+                return result
+            await asyncio.sleep(0.05)
+        raise AssertionError("condition not reached in time")
+
+    return waiter()
