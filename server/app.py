@@ -6,11 +6,17 @@ import tornado.web
 
 from server.auth import Authenticator
 from server.config import Settings
-from server.handlers import execute, health, openapi, sessions
+from server.handlers import execute, health, openapi, schema, sessions
 from server.handlers.base import NotFoundHandler
 from server.runtime import Runtime
 
-ROUTES = [*health.routes, *openapi.routes, *execute.routes, *sessions.routes]
+ROUTES = [
+    *health.routes,
+    *openapi.routes,
+    *schema.routes,
+    *execute.routes,
+    *sessions.routes,
+]
 
 
 def make_app(settings: Settings, runtime: Runtime) -> tornado.web.Application:

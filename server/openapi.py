@@ -59,6 +59,11 @@ EXECUTE_BODY = {
         "code": {"type": "string"},
         "max_rows": {"type": "integer", "minimum": 0},
         "session_id": {"type": "string"},
+        "result_name": {
+            "type": "string",
+            "description": "SQL in a session: the kernel variable the frame lands in "
+            "(default df_<execution_count>)",
+        },
     },
 }
 EXECUTE_ERRORS = ("400", "403", "404", "409", "413", "500", "503")
@@ -94,6 +99,31 @@ def openapi_document() -> dict[str, Any]:
             },
             "/openapi.json": {
                 "get": _op("This document", ("200", {"type": "object"}), public=True)
+            },
+            "/schema": {
+                "get": _op(
+                    "Tables and views the query role can read, with columns and keys",
+                    ("200", {"type": "object"}),
+                    "503",
+                )
+            },
+            "/schema/{table}/profile": {
+                "parameters": [
+                    {
+                        "name": "table",
+                        "in": "path",
+                        "required": True,
+                        "description": "as /schema names it (schema-qualified outside the "
+                        "default schema), URL-encoded",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "get": _op(
+                    "Column statistics of one table: nulls, top values, histograms",
+                    ("200", {"type": "object"}),
+                    "404",
+                    "503",
+                ),
             },
             "/execute": {
                 "post": _op(

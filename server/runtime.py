@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from server.broker import Broker
 from server.config import Settings
 from server.errors import SandboxUnavailable
 from server.kernels.kernel import KernelLauncher
@@ -19,6 +20,10 @@ from server.kernels.kerneldir import check_runtime_dir, install_kernel_lib
 from server.kernels.pool import KernelPool
 from server.kernels.sandbox import Sandbox
 from server.sessions import SessionManager
+from server.sql.database import QueryDatabase
+
+if TYPE_CHECKING:
+    from server.sql.embedded import EmbeddedPostgres
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,9 @@ class Runtime:
         self.sandbox: Sandbox | None = None
         self.launcher: KernelLauncher | None = None
         self.pools: dict[str, KernelPool] = {}
-        self.sessions = SessionManager(settings, self.pools)
+        self.database: QueryDatabase | None = None
+        self.embedded: EmbeddedPostgres | None = None
+        self.sessions: SessionManager
         self.started = False
         self.closing = False
         self._culler: asyncio.Task[Any] | None = None
@@ -67,6 +74,9 @@ class Runtime:
         reaped = await self.sandbox.reap_orphans()
         if reaped:
             log.info("removed %d kernels left by an earlier run", reaped)
+        self.database = QueryDatabase(settings, await self._database_url())
+        broker = Broker(self.database, kernel_gid=settings.kernel_uid)
+        self.sessions = SessionManager(settings, self.pools, broker)
         lib_dir = install_kernel_lib(settings.runtime_dir)
         self.launcher = KernelLauncher(settings, self.sandbox, lib_dir, self.env)
         for name, pool_settings in settings.pools.items():
@@ -88,6 +98,17 @@ class Runtime:
             ),
         )
 
+    async def _database_url(self) -> str:
+        """The configured database, else the embedded PostgreSQL (started, demo data loaded)."""
+        if self.settings.database_url:
+            return self.settings.database_url
+        from server.sql.embedded import EmbeddedPostgres
+
+        self.embedded = EmbeddedPostgres(self.settings.state_dir, self.settings.demo_data)
+        await asyncio.get_running_loop().run_in_executor(None, self.embedded.start)
+        log.info("embedded PostgreSQL on 127.0.0.1:%d", self.embedded.port)
+        return self.embedded.query_url.render_as_string(hide_password=False)
+
     async def _cull_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.cull_interval_s)
@@ -104,11 +125,16 @@ class Runtime:
                 raise SandboxUnavailable("pools did not warm up in time")
             await asyncio.sleep(0.05)
 
+    def query_engine(self) -> Any:
+        """The SQLAlchemy engine of the analysed database (SELECT-only role)."""
+        assert self.database is not None
+        return self.database.engine
+
     def health(self) -> dict[str, Any]:
         return {
             "sandbox": self.sandbox.name if self.sandbox else None,
             "pools": {name: pool.stats() for name, pool in self.pools.items()},
-            "sessions": len(self.sessions.sessions),
+            "sessions": len(self.sessions.sessions) if self.started else 0,
         }
 
     async def close(self) -> None:
@@ -116,7 +142,8 @@ class Runtime:
         self.closing = True
         if self._culler is not None:
             self._culler.cancel()
-        await self.sessions.close(self.settings.shutdown_grace_s)
+        if self.started:
+            await self.sessions.close(self.settings.shutdown_grace_s)
         for pool in self.pools.values():
             await pool.close()
         if self.sandbox is not None:
@@ -124,3 +151,7 @@ class Runtime:
             await self.sandbox.close()
         if self.launcher is not None:
             self.launcher.close()
+        if self.database is not None:
+            self.database.close()
+        if self.embedded is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.embedded.stop)

@@ -23,25 +23,57 @@ from typing import Any
 
 import orjson
 
+from server.broker import Broker, Caller
 from server.config import Settings, TenantSettings
 from server.errors import (
     Conflict,
+    DatabaseUnavailable,
     DataExecError,
     ExecutionError,
+    ExecutionTimeout,
     Forbidden,
     KernelDied,
     NotFound,
+    OutputTooLarge,
     SessionBusy,
+    SqlNotAllowed,
     ValidationError,
 )
 from server.kernels.kernel import Kernel
 from server.kernels.pool import KernelPool
+from server.results import table_result
 
 log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 RESULT_EXPRESSION = "__dataexec__.result({max_rows})"
 RESULT_MIMETYPE = "application/vnd.dataexec.result+json"
+# Exceptions of dataexec_kernel that stand for one of our error types.
+KERNEL_ERRORS: dict[str, type[DataExecError]] = {
+    "SqlNotAllowed": SqlNotAllowed,
+    "QueryTimeout": ExecutionTimeout,
+    "ResultTooLarge": OutputTooLarge,
+    "DatabaseUnavailable": DatabaseUnavailable,
+}
+
+
+@dataclass(frozen=True)
+class ExecutionRequest:
+    """One request to run code: Python, or SQL (run as ``%%sql name`` in a session)."""
+
+    code: str
+    max_rows: int
+    language: str = "python"
+    result_name: str | None = None
+
+    def kernel_code(self, execution_count: int) -> str:
+        """What the kernel runs: the code itself, or the ``%%sql`` cell of the query."""
+        if self.language == "sql":
+            return f"%%sql {self.sql_name(execution_count)}\n{self.code}"
+        return self.code
+
+    def sql_name(self, execution_count: int) -> str:
+        return self.result_name or f"df_{execution_count}"
 
 
 @dataclass
@@ -51,6 +83,8 @@ class HistoryEntry:
     execution_count: int
     code: str
     started: float
+    language: str = "python"
+    result_name: str | None = None
     status: str = "running"
     elapsed_ms: float = 0.0
     outputs: list[dict[str, Any]] = field(default_factory=list)
@@ -107,9 +141,12 @@ def _iso(timestamp: float) -> str:
 class SessionManager:
     """All sessions of all tenants, and the throwaway runs of session-less requests."""
 
-    def __init__(self, settings: Settings, pools: Mapping[str, KernelPool]) -> None:
+    def __init__(
+        self, settings: Settings, pools: Mapping[str, KernelPool], broker: Broker
+    ) -> None:
         self.settings = settings
         self.pools = pools
+        self.broker = broker
         self.sessions: dict[tuple[str, str], Session] = {}
         self.throwaway_running = 0
 
@@ -175,6 +212,7 @@ class SessionManager:
     def _drop_kernel(self, session: Session, reason: str) -> None:
         kernel, session.kernel = session.kernel, None
         if kernel is not None:
+            self.broker.detach(kernel.kernel_id)
             kernel.lost = kernel.lost or reason
             session.pool.release(kernel)
 
@@ -188,15 +226,22 @@ class SessionManager:
             self._drop_kernel(session, reason)
             session.lost_reason = reason
         if session.kernel is None:
-            session.kernel = await session.pool.acquire()
+            kernel = await session.pool.acquire()
+            caller = Caller(session.tenant, session.client_id, kernel.kernel_id)
+            try:
+                await self.broker.attach(kernel.kernel_dir.srv, caller)
+            except BaseException:
+                session.pool.release(kernel)
+                raise
+            session.kernel = kernel
             replaced, session.lost_reason = session.lost_reason, None
             return replaced
         return None
 
     # --- execution ---------------------------------------------------------------------
 
-    async def execute(self, session: Session, code: str, max_rows: int) -> dict[str, Any]:
-        """Run ``code`` in the session, in order behind earlier requests."""
+    async def execute(self, session: Session, request: ExecutionRequest) -> dict[str, Any]:
+        """Run a request in the session, in order behind earlier requests."""
         if session.lock.locked() and session.waiting >= self.settings.session_queue_size:
             raise SessionBusy(
                 f"session {session.client_id!r} already has {session.waiting} requests waiting",
@@ -208,86 +253,104 @@ class SessionManager:
         finally:
             session.waiting -= 1
         try:
-            return await self._run(session, code, max_rows)
+            return await self._run(session, request)
         finally:
             session.last_activity = time.time()
             session.lock.release()
 
-    async def run_once(self, tenant: TenantSettings, code: str, max_rows: int) -> dict[str, Any]:
-        """Run ``code`` in a fresh kernel that is destroyed afterwards (no session)."""
+    async def run_once(self, tenant: TenantSettings, request: ExecutionRequest) -> dict[str, Any]:
+        """Run a request without a session: SQL in the server, Python in a throwaway kernel."""
+        if request.language == "sql":
+            return await self._run_sql_in_server(tenant, request)
         session = Session(tenant=tenant.name, client_id="", pool=self._pool_for(tenant, None))
         self.throwaway_running += 1
         try:
             async with session.lock:
-                result = await self._run(session, code, max_rows)
+                result = await self._run(session, request)
         finally:
             self.throwaway_running -= 1
             self._drop_kernel(session, "throwaway")
         result["session_id"] = None
         return result
 
-    async def _run(self, session: Session, code: str, max_rows: int) -> dict[str, Any]:
+    async def _run_sql_in_server(
+        self, tenant: TenantSettings, request: ExecutionRequest
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        table = await self.broker.query_table(Caller(tenant.name, "", ""), request.code)
+        result = table_result(table, request.max_rows)
+        result["metadata"]["execution_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        result.update(
+            session_id=None, execution_count=None, kernel_replaced=False, outputs=[], cache_key=None
+        )
+        return result
+
+    async def _run(self, session: Session, request: ExecutionRequest) -> dict[str, Any]:
         replaced = await self._ensure_kernel(session)
         kernel = session.kernel
         assert kernel is not None
         session.execution_count += 1
+        count = session.execution_count
         entry = HistoryEntry(
-            execution_count=session.execution_count,
-            code=code,
+            execution_count=count,
+            code=request.code,
             started=time.time(),
+            language=request.language,
+            result_name=request.sql_name(count) if request.language == "sql" else None,
             kernel_replaced=replaced,
         )
         session.history.append(entry)
         session.running = entry
-        context = {
+        context: dict[str, Any] = {
             "session_id": session.client_id or None,
-            "execution_count": entry.execution_count,
+            "execution_count": count,
             "kernel_replaced": replaced is not None,
         }
         try:
             execution = await kernel.run(
-                code,
-                {"dataexec": RESULT_EXPRESSION.format(max_rows=max_rows)},
+                request.kernel_code(count),
+                {"dataexec": RESULT_EXPRESSION.format(max_rows=request.max_rows)},
                 self.settings.output_limit_bytes,
             )
         except DataExecError as exc:
             entry.status, entry.error_type = "failed", exc.type
-            if kernel.lost:
-                self._drop_kernel(session, kernel.lost)
-                session.lost_reason = kernel.lost
+            self._forget_lost_kernel(session, kernel)
             exc.extra.update(context)
             raise
         except asyncio.CancelledError:
             entry.status = "cancelled"
-            if kernel.lost:
-                self._drop_kernel(session, kernel.lost)
-                session.lost_reason = kernel.lost
+            self._forget_lost_kernel(session, kernel)
             raise
         finally:
             session.running = None
         entry.elapsed_ms = execution.elapsed_ms
         entry.outputs = execution.outputs
         if execution.status != "ok":
-            entry.status, entry.error_type = "failed", "EXECUTION_ERROR"
-            error = execution.error or {
-                "ename": "Aborted",
-                "evalue": "execution aborted",
-                "traceback": [],
-            }
-            raise ExecutionError(
-                f"{error['ename']}: {error['evalue']}",
-                **error,
-                outputs=execution.outputs,
-                **context,
+            error = execution.error or {"ename": "Aborted", "evalue": "aborted", "traceback": []}
+            kind = KERNEL_ERRORS.get(error["ename"], ExecutionError)
+            entry.status, entry.error_type = "failed", kind.type
+            message = (
+                error["evalue"]
+                if kind is not ExecutionError
+                else (f"{error['ename']}: {error['evalue']}")
             )
+            raise kind(message, **error, outputs=execution.outputs, **context)
         entry.status = "ok"
         result = _result_payload(execution.user_expressions)
         entry.row_count = result["metadata"]["row_count"]
         result["metadata"]["execution_time_ms"] = round(execution.elapsed_ms, 3)
         result.update(context, outputs=execution.outputs, cache_key=None)
+        if entry.result_name is not None:
+            result["result_name"] = entry.result_name
         if replaced is not None:
             result.update(replaced_reason=replaced, restored_frames=[])
         return result
+
+    def _forget_lost_kernel(self, session: Session, kernel: Kernel) -> None:
+        """After a failure that cost the kernel, the session's next request gets a new one."""
+        if kernel.lost:
+            self._drop_kernel(session, kernel.lost)
+            session.lost_reason = kernel.lost
 
     async def interrupt(self, session: Session) -> bool:
         """Interrupt the session's running cell (skips the queue); False if none was running."""

@@ -25,6 +25,10 @@ import tornado.netutil
 from server.app import make_app
 from server.config import Settings, load_settings
 from server.runtime import Runtime
+from server.sql.embedded import EmbeddedPostgres
+
+# The real embedded PostgreSQL with the demo data, shared by the whole run.
+pytest_plugins = ["db_fixtures"]
 
 TOKEN_A = "tenant-a-token-" + secrets.token_hex(8)
 TOKEN_B = "tenant-b-token-" + secrets.token_hex(8)
@@ -38,6 +42,7 @@ output_limit_bytes = 1048576
 max_rows_cap = 5000
 session_queue_size = 2
 shutdown_grace_s = 2.0
+sql_max_result_bytes = 67108864
 
 [pools.default]
 min_idle = 2
@@ -73,7 +78,7 @@ def make_settings(tmp_path: Path, config: str = CONFIG, **env: str) -> Settings:
         "DATAEXEC_STATE_DIR": str(tmp_path / f"state-{tag}"),
         "DATAEXEC_RUNTIME_DIR": f"/run/dxt-{tag}",
         "DATAEXEC_CGROUP_PARENT": f"dataexec-test-{tag}",
-        "DATAEXEC_SANDBOX": os.environ.get("DATAEXEC_TEST_SANDBOX", "bubblewrap"),
+        "DATAEXEC_SANDBOX": "bubblewrap",
     }
     for name in ("DATAEXEC_KERNEL_ENV", "DATAEXEC_DOCKER_IMAGE", "OPENBLAS_CORETYPE"):
         if name in os.environ:
@@ -111,10 +116,36 @@ async def start_server(settings: Settings, env: dict[str, str] | None = None) ->
     return RunningServer(settings, runtime, http, f"http://127.0.0.1:{sock.getsockname()[1]}")
 
 
-@pytest.fixture(scope="session")
-async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningServer]:
-    """The shared server: two tenants, three pools, pools warmed before the first test."""
-    settings = make_settings(tmp_path_factory.mktemp("api"))
+REQUIRE_DOCKER = bool(os.environ.get("CI")) or os.environ.get("DATAEXEC_REQUIRE_DOCKER") == "1"
+
+
+def docker_ready(settings: Settings) -> bool:
+    from server.kernels.docker import DockerSandbox
+
+    return DockerSandbox.available(settings)
+
+
+@pytest.fixture(scope="session", params=["bubblewrap", "docker"])
+async def api(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    embedded_pg: EmbeddedPostgres,
+) -> AsyncIterator[RunningServer]:
+    """The shared server, once per sandbox: two tenants, three pools, warmed before use.
+
+    Without a Docker engine and kernel image the docker half skips on a developer machine
+    and fails in CI (or with DATAEXEC_REQUIRE_DOCKER=1): a sandbox never tested would pass.
+    """
+    settings = make_settings(
+        tmp_path_factory.mktemp("api"),
+        DATAEXEC_SANDBOX=request.param,
+        DATAEXEC_DATABASE_URL=embedded_pg.query_url.render_as_string(hide_password=False),
+    )
+    if request.param == "docker" and not docker_ready(settings):
+        message = "no Docker engine with the kernel image (scripts/docker-engine, build-image)"
+        if REQUIRE_DOCKER:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
     server = await start_server(settings, env={"DATAEXEC_TEST_MARKER": "server-secret-env"})
     await server.runtime.wait_warm()
     yield server

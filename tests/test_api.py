@@ -5,7 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from conftest import OPERATOR_TOKEN, TOKEN_B, RunningServer, assert_error, ok, run, value_of
+from conftest import (
+    OPERATOR_TOKEN,
+    TOKEN_B,
+    RunningServer,
+    assert_error,
+    ok,
+    run,
+    value_of,
+    wait_for,
+)
 
 from server.app import ROUTES
 from server.openapi import openapi_document
@@ -253,8 +262,6 @@ async def test_delete_ends_the_session_and_its_kernel(
     async def gone() -> bool:
         return await kernel.process.poll() is not None and not kernel.kernel_dir.root.exists()
 
-    from conftest import wait_for
-
     await wait_for(gone)
     # Reusing the id starts afresh.
     assert await value_of(client, session_id, "'a' in globals()") is False
@@ -358,3 +365,26 @@ async def test_openapi_is_served_without_auth(api: RunningServer) -> None:
         response = await anonymous.get("/openapi.json")
     assert response.status_code == 200
     assert response.json()["openapi"].startswith("3.")
+
+
+async def test_a_client_that_disconnects_interrupts_its_cell(
+    api: RunningServer, client: httpx.AsyncClient, session_id: str
+) -> None:
+    await ok(client, session_id, "kept = 3")
+    async with api.client(timeout=0.5) as impatient:
+        try:
+            await impatient.post(
+                f"/sessions/{session_id}/execute",
+                json={"code": "import time\nwhile True: time.sleep(0.01)"},
+            )
+        except httpx.ReadTimeout:
+            pass
+        else:
+            raise AssertionError("the endless cell answered")
+
+    async def idle() -> bool:
+        return (await client.get(f"/sessions/{session_id}")).json()["state"] == "idle"
+
+    await wait_for(idle)
+    answer = await ok(client, session_id, "kept")
+    assert answer["data"]["rows"] == [[3]] and answer["kernel_replaced"] is False

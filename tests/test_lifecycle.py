@@ -15,8 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import wait_for
+from conftest import REQUIRE_DOCKER, docker_ready, make_settings, start_server, wait_for
 
+from server.config import with_default_tenant
 from server.kernels.cgroups import CGROUP_ROOT, cgroup_version
 
 
@@ -41,7 +42,7 @@ def serve_env(tmp_path: Path) -> dict[str, str]:
         DATAEXEC_RUNTIME_DIR=f"/run/dxl-{tag}",
         DATAEXEC_CGROUP_PARENT=f"dataexec-life-{tag}",
         DATAEXEC_PORT="0",
-        DATAEXEC_SANDBOX=os.environ.get("DATAEXEC_TEST_SANDBOX", "bubblewrap"),
+        DATAEXEC_SANDBOX="bubblewrap",
         DATAEXEC_POOLS__DEFAULT__MIN_IDLE="1",
         DATAEXEC_SHUTDOWN_GRACE_S="5",
     )
@@ -178,3 +179,64 @@ def test_version_and_bad_config_exit_with_clear_messages(tmp_path: Path) -> None
     for name in ("DATAEXEC_PORT", "DB_SSL_MODE", "DATAEXEC_POOLS__DEFAULT__MEMORY_MB"):
         assert name in result.stderr
     assert "Traceback" not in result.stderr
+
+
+CULL_CONFIG = """
+cull_interval_s = 0.2
+session_ttl_s = 3
+[pools.default]
+min_idle = 0
+max_kernels = 2
+idle_timeout_s = 1
+"""
+
+
+async def test_idle_kernels_are_culled_and_idle_sessions_expire(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, CULL_CONFIG, DATAEXEC_TOKEN="cull-token-0123456789")
+    server = await start_server(with_default_tenant(settings))
+    try:
+        async with server.client(token="cull-token-0123456789") as http:
+            await http.post("/sessions/c1/execute", json={"code": "v = 1"})
+            pool = server.runtime.pools["default"]
+
+            async def culled() -> bool:
+                state = (await http.get("/sessions/c1")).json()
+                return state["state"] == "no_kernel" and pool.in_use == 0
+
+            await wait_for(culled)
+            answer = await http.post("/sessions/c1/execute", json={"code": "'v' in dir()"})
+            assert answer.json()["kernel_replaced"] is True
+            assert answer.json()["replaced_reason"] == "culled"
+
+            async def expired() -> bool:
+                return (await http.get("/sessions/c1")).status_code == 404
+
+            await wait_for(expired, timeout=15)
+            assert pool.in_use == 0
+    finally:
+        await server.stop()
+
+
+async def test_docker_server_leaves_no_container_after_stop(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, CULL_CONFIG, DATAEXEC_SANDBOX="docker", DATAEXEC_TOKEN="docker-token-0123456789"
+    )
+    if not docker_ready(settings):
+        message = "no Docker engine with the kernel image"
+        if REQUIRE_DOCKER:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    import docker
+
+    engine = docker.from_env(version="auto")
+    label = {"label": f"dataexec.runtime_dir={settings.runtime_dir}"}
+    server = await start_server(with_default_tenant(settings))
+    try:
+        async with server.client(token="docker-token-0123456789") as http:
+            answer = await http.post("/sessions/d1/execute", json={"code": "1 + 1"})
+            assert answer.status_code == 200
+        assert len(engine.containers.list(all=True, filters=label)) == 1
+    finally:
+        await server.stop()
+    assert engine.containers.list(all=True, filters=label) == []
+    assert not any((settings.runtime_dir / "k").iterdir())

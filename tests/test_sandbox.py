@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
 import httpx
 from conftest import RunningServer, ok, value_of
+
+from server.sql.embedded import EmbeddedPostgres
 
 
 async def test_kernel_runs_as_an_unprivileged_user(
@@ -73,19 +76,44 @@ outcome""",
 
 
 async def test_unix_sockets_of_the_host_are_out_of_reach(
-    client: httpx.AsyncClient, session_id: str
+    api: RunningServer, client: httpx.AsyncClient, session_id: str, embedded_pg: EmbeddedPostgres
 ) -> None:
-    # Neither the Docker socket nor PostgreSQL's socket directory is in the sandbox at all.
+    # Neither the Docker socket nor PostgreSQL's socket directory is in the sandbox at all,
+    # and the only socket a kernel can reach is its own broker.
+    paths = [
+        "/var/run/docker.sock",
+        "/run/docker.sock",
+        "/run/postgresql",
+        "/var/run/postgresql",
+        str(api.settings.runtime_dir),
+        "/tmp/.s.PGSQL.5432",
+        str(embedded_pg.socket_dir),
+        str(embedded_pg.socket_dir / ".s.PGSQL.5432"),
+    ]
+    assert (embedded_pg.socket_dir / f".s.PGSQL.{embedded_pg.port}").exists()
     found = await value_of(
+        client, session_id, f"import os\nstr([p for p in {paths!r} if os.path.exists(p)])"
+    )
+    assert found == "[]"
+    sockets = await value_of(
         client,
         session_id,
         """
-import os
-paths = ['/var/run/docker.sock', '/run/docker.sock', '/run/postgresql', '/var/run/postgresql',
-         '/run/dataexec', '/tmp/.s.PGSQL.5432']
-str([p for p in paths if os.path.exists(p)])""",
+import os, stat
+found = []
+for root, dirs, files in os.walk('/', onerror=lambda e: None):
+    if root.startswith(('/proc', '/sys')):
+        dirs[:] = []
+        continue
+    for name in files:
+        try:
+            if stat.S_ISSOCK(os.lstat(os.path.join(root, name)).st_mode):
+                found.append(os.path.join(root, name))
+        except OSError:
+            pass
+str(sorted(f for f in found if not f.startswith('/dataexec/rw/')))""",
     )
-    assert found == "[]"
+    assert sockets == "['/dataexec/srv/broker.sock']"
     mounts = await value_of(
         client, session_id, "str(sorted({l.split()[4] for l in open('/proc/self/mountinfo')}))"
     )
@@ -145,15 +173,18 @@ async def test_kernel_cannot_see_the_servers_environment_or_files(
     env = await value_of(client, session_id, "import os; str(sorted(os.environ))")
     assert "DATAEXEC_TEST_MARKER" not in env
     assert "DATAEXEC_TOKEN" not in env and "AGENT_SECRET_TOKEN" not in env
-    server_file = __file__
-    visible = await value_of(
-        client,
-        session_id,
-        f"""
-import os
-str([p for p in [{server_file!r}, {str(api.settings.state_dir)!r}, '/root', '/work', '/home']
-     if os.path.exists(p)])""",
-    )
+    # Host files the server can read: this test, the state dir, a marker in root's home.
+    marker = Path.home() / f".dataexec-marker-{session_id}"
+    marker.write_text("host only")
+    host_paths = [__file__, str(api.settings.state_dir), str(marker), str(Path.cwd())]
+    try:
+        visible = await value_of(
+            client,
+            session_id,
+            f"import os\nstr([p for p in {host_paths!r} if os.path.exists(p)])",
+        )
+    finally:
+        marker.unlink()
     assert visible == "[]"
     init_env = await value_of(client, session_id, "open('/proc/1/environ').read()")
     assert "DATAEXEC_TEST_MARKER" not in init_env

@@ -190,9 +190,13 @@ def _refuse_pip(line: str = "", cell: str | None = None) -> None:
 
 def install(ipython: Any) -> None:
     """Register result capture, the helpers and the pip refusal in ``ipython``."""
+    from dataexec_kernel import data
+
     capture = ResultCapture(ipython)
     ipython.events.register("pre_run_cell", capture.pre_run_cell)
     ipython.events.register("post_run_cell", capture.post_run_cell)
     ipython.push({"__dataexec__": capture}, interactive=False)
+    ipython.push({"sql": data.sql, "conn": data.make_conn()})
+    data.register_magic(ipython)
     for name in ("pip", "conda", "mamba"):
         ipython.register_magic_function(_refuse_pip, "line", name)

@@ -1,7 +1,9 @@
 """``POST /execute`` and ``POST /sessions/{id}/execute``: run code, answer the result.
 
-Both take ``{"language", "code", "max_rows", "session_id"}``. Without a session the code runs
-in a fresh kernel that is discarded afterwards, as the replaced system did. A client that
+Both take ``{"language", "code", "max_rows", "session_id", "result_name"}``. Without a
+session, SQL runs in the server (guard, database, no kernel) and Python in a fresh kernel
+that is discarded afterwards, as the replaced system did. In a session, SQL runs in the
+kernel as a ``%%sql <result_name>`` cell, so the frame is there for the next step. A client that
 disconnects cancels its request: queued, it leaves the queue; running, its cell is
 interrupted (``interrupt_on_disconnect``).
 """
@@ -9,10 +11,12 @@ interrupted (``interrupt_on_disconnect``).
 from __future__ import annotations
 
 import asyncio
+import keyword
 from typing import Any
 
 from server.errors import ValidationError
 from server.handlers.base import BaseHandler, int_field, str_field
+from server.sessions import ExecutionRequest
 
 LANGUAGES = ("python", "sql")
 
@@ -20,20 +24,21 @@ LANGUAGES = ("python", "sql")
 class ExecuteBase(BaseHandler):
     task: asyncio.Future[Any] | None = None
 
-    def parse(self) -> tuple[dict[str, Any], str, int]:
+    def parse(self) -> tuple[dict[str, Any], ExecutionRequest]:
         body = self.json_body()
         language = str_field(body, "language", choices=LANGUAGES) or "python"
         code = str_field(body, "code", required=True)
         assert code is not None
         if not code.strip():
             raise ValidationError("code is empty")
-        if language == "sql":
-            raise ValidationError(
-                'language "sql" is not available in this version yet; send python'
-            )
+        result_name = str_field(body, "result_name")
+        if result_name is not None and (
+            not result_name.isidentifier() or keyword.iskeyword(result_name)
+        ):
+            raise ValidationError("result_name must be a Python identifier")
         settings = self.settings_obj
         max_rows = int_field(body, "max_rows", settings.max_rows_default, 0, settings.max_rows_cap)
-        return body, code, max_rows
+        return body, ExecutionRequest(code, max_rows, language, result_name)
 
     async def run(self, work: Any) -> None:
         self.task = asyncio.ensure_future(work)
@@ -43,7 +48,7 @@ class ExecuteBase(BaseHandler):
         if (
             self.task is not None
             and not self.task.done()
-            and (self.settings_obj.interrupt_on_disconnect)
+            and self.settings_obj.interrupt_on_disconnect
         ):
             self.task.cancel()
 
@@ -51,22 +56,22 @@ class ExecuteBase(BaseHandler):
 class ExecuteHandler(ExecuteBase):
     async def post(self) -> None:
         tenant = self.current_tenant()
-        body, code, max_rows = self.parse()
+        body, request = self.parse()
         session_id = str_field(body, "session_id")
         sessions = self.runtime.sessions
         if session_id is None:
-            await self.run(sessions.run_once(tenant, code, max_rows))
+            await self.run(sessions.run_once(tenant, request))
         else:
             session = sessions.get_or_create(tenant, session_id)
-            await self.run(sessions.execute(session, code, max_rows))
+            await self.run(sessions.execute(session, request))
 
 
 class SessionExecuteHandler(ExecuteBase):
     async def post(self, session_id: str) -> None:
         tenant = self.current_tenant()
-        _, code, max_rows = self.parse()
+        _, request = self.parse()
         session = self.runtime.sessions.get_or_create(tenant, session_id)
-        await self.run(self.runtime.sessions.execute(session, code, max_rows))
+        await self.run(self.runtime.sessions.execute(session, request))
 
 
 routes = [

@@ -82,7 +82,7 @@ class KernelClient:
         self.shell = connect(zmq.DEALER, "shell")
         self.iopub = connect(zmq.SUB, "iopub")
         self.control = connect(zmq.DEALER, "control")
-        self.disconnected = False
+        self.closed = False
 
     async def _recv(self, sock: zmq.asyncio.Socket) -> tuple[dict[str, Any], int]:
         frames = await sock.recv_multipart(copy=True)
@@ -200,9 +200,12 @@ class KernelClient:
 
     def interrupt(self) -> None:
         """Ask the kernel to interrupt its running cell (message mode: works in every sandbox)."""
+        if self.closed:
+            return
         self.session.send(self.control, "interrupt_request", {})
 
     def close(self) -> None:
+        self.closed = True
         for sock in (*self.sockets, *self.monitors):
             sock.close(linger=0)
 

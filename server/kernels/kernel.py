@@ -50,6 +50,7 @@ class Kernel:
         process: SandboxedKernel,
         kernel_dir: KernelDir,
         client: KernelClient,
+        interrupt_grace: float,
     ) -> None:
         self.kernel_id = kernel_id
         self.pool = pool
@@ -58,7 +59,7 @@ class Kernel:
         self.client = client
         self.created = time.time()
         self.lost: str | None = None  # why the kernel can no longer be used
-        self.interrupt_grace = 2.0
+        self.interrupt_grace = interrupt_grace
         self._closed = False
 
     async def alive(self) -> bool:
@@ -74,7 +75,7 @@ class Kernel:
                 code, user_expressions, timeout, output_limit, self.alive
             )
         except ExecutionTimedOut:
-            stopped = await self.stop_running_cell(grace=None)
+            stopped = await self.stop_running_cell()
             raise ExecutionTimeout(
                 f"execution exceeded the {timeout:g} s limit and was "
                 + ("interrupted" if stopped else "killed with its kernel")
@@ -86,14 +87,15 @@ class Kernel:
             raise await self._death_error(output_limit) from None
         except asyncio.CancelledError:
             # The client went away: stop the cell so the kernel is free for the next request.
-            await asyncio.shield(self.stop_running_cell(grace=None))
+            await asyncio.shield(self.stop_running_cell())
             raise
 
-    async def stop_running_cell(self, grace: float | None) -> bool:
+    async def stop_running_cell(self) -> bool:
         """Interrupt the running cell; kill the kernel if it does not stop. True if it stopped."""
-        grace = self.interrupt_grace if grace is None else grace
+        if self._closed:
+            return False
         self.client.interrupt()
-        if await self.client.wait_idle(grace):
+        if await self.client.wait_idle(self.interrupt_grace):
             return True
         await self.discard("timeout")
         return False
@@ -177,8 +179,9 @@ class KernelLauncher:
             client = KernelClient(
                 info, self.context, self.settings.output_limit_bytes + MESSAGE_OVERHEAD
             )
-            kernel = Kernel(kernel_id, pool, process, kernel_dir, client)
-            kernel.interrupt_grace = self.settings.interrupt_grace_s
+            kernel = Kernel(
+                kernel_id, pool, process, kernel_dir, client, self.settings.interrupt_grace_s
+            )
             await client.wait_ready(self.settings.kernel_start_timeout_s, kernel.alive)
             await client.execute(
                 WARM_UP_CODE,

@@ -13,7 +13,13 @@ import logging
 import signal
 
 from server.config import Settings
-from server.kernels.sandbox import CONNECTION_FILE, LaunchSpec, Sandbox, SandboxedKernel
+from server.kernels.sandbox import (
+    BROKER_SOCKET,
+    CONNECTION_FILE,
+    LaunchSpec,
+    Sandbox,
+    SandboxedKernel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,12 @@ class UnsandboxedSandbox(Sandbox):
         info["ip"] = str(spec.kernel_dir / "rw" / "k")
         host_file = srv / "connection-host.json"
         host_file.write_text(json.dumps(info))
-        env = {**spec.kernel_env(), "PYTHONPATH": str(spec.lib_dir), "HOME": str(spec.kernel_dir)}
+        env = {
+            **spec.kernel_env(),
+            "PYTHONPATH": str(spec.lib_dir),
+            "HOME": str(spec.kernel_dir),
+            "DATAEXEC_BROKER": str(srv / BROKER_SOCKET),
+        }
         argv = spec.kernel_argv(str(self.settings.kernel_env / "bin" / "python"))
         argv[-1] = str(host_file)
         process = await asyncio.create_subprocess_exec(

@@ -1,0 +1,190 @@
+"""The broker: the only door from a kernel to data.
+
+Each kernel that serves a session gets a unix socket, ``broker.sock``, in the server-owned
+(read-only) part of its kernel directory; nothing else in the kernel knows where the
+database is or how to log in. Because the socket is that kernel's own, the broker knows who
+asks: the session and tenant it was attached for. A request is answered with Arrow:
+
+    kernel -> broker   frame: {"op": "sql", "query": "...", "params": {...} | null}
+    broker -> kernel   frame: {"ok": true} | {"ok": false, "error": {"type", "message"}}
+                       then, when ok, an Arrow IPC stream (schema, record batches, end)
+                       then a frame: {"ok": true, "rows": n} | {"ok": false, "error": ...}
+
+A frame is a 4-byte big-endian length and a JSON document. Batches are written as the
+database produces them (never JSON, never pickle, no compression on a local socket). A
+failure after the stream began ends the stream early and says why in the last frame. If
+the kernel goes away mid-query (an interrupt, a timeout kill), the broker sees the socket
+close and cancels the query in the database, so no backend is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from server.errors import DataExecError, ValidationError
+from server.kernels.sandbox import BROKER_SOCKET
+from server.sql.database import QueryDatabase, QueryStream
+from server.sql.guard import check_query
+
+log = logging.getLogger(__name__)
+
+FRAME = struct.Struct(">I")
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a kernel serves: the broker's answer to "who is asking"."""
+
+    tenant: str
+    session_id: str
+    kernel_id: str
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_REQUEST_BYTES) -> Any:
+    (size,) = FRAME.unpack(await reader.readexactly(FRAME.size))
+    if size > limit:
+        raise ValidationError(f"broker request over {limit} bytes")
+    return json.loads(await reader.readexactly(size))
+
+
+def frame(document: dict[str, Any]) -> bytes:
+    body = json.dumps(document, default=str).encode()
+    return FRAME.pack(len(body)) + body
+
+
+def error_frame(exc: DataExecError) -> bytes:
+    return frame({"ok": False, "error": {"type": exc.type, "message": exc.message}})
+
+
+class _SocketSink:
+    """A file-like object pyarrow's IPC writer writes into, feeding the socket."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        self.writer.write(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Broker:
+    """Serves every attached kernel's socket with the guard and the query database."""
+
+    def __init__(self, database: QueryDatabase, kernel_gid: int) -> None:
+        self.database = database
+        self.kernel_gid = kernel_gid
+        self.servers: dict[str, asyncio.AbstractServer] = {}
+
+    async def attach(self, srv_dir: Path, caller: Caller) -> None:
+        """Open the kernel's broker socket, answering on behalf of ``caller``."""
+        path = srv_dir / BROKER_SOCKET
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._serve(caller, reader, writer)
+
+        server = await asyncio.start_unix_server(handle, path=str(path))
+        if os.geteuid() == 0:
+            os.chown(path, 0, self.kernel_gid)
+        os.chmod(path, 0o660)
+        self.servers[caller.kernel_id] = server
+
+    def detach(self, kernel_id: str) -> None:
+        """Close the kernel's socket (its running queries end with their connections)."""
+        server = self.servers.pop(kernel_id, None)
+        if server is not None:
+            server.close()
+
+    async def _check(self, query: str, params: dict[str, Any] | None) -> str:
+        """The guard, off the event loop (parameter names too: see check_query)."""
+        check = functools.partial(
+            check_query, query, self.database.dialect, params=tuple(params or ())
+        )
+        return await asyncio.get_running_loop().run_in_executor(None, check)
+
+    async def query_table(
+        self, caller: Caller, query: str, params: dict[str, Any] | None = None
+    ) -> pa.Table:
+        """Guard and run a query for the server itself (SQL without a session)."""
+        checked = await self._check(query, params)
+        log.info("sql for tenant %s (no session)", caller.tenant)
+        return await self.database.table(checked, params)
+
+    async def _serve(
+        self, caller: Caller, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            request = await read_frame(reader)
+            if not isinstance(request, dict) or request.get("op") != "sql":
+                raise ValidationError("unknown broker request")
+            await self._sql(caller, request, reader, writer)
+        except DataExecError as exc:
+            writer.write(error_frame(exc))
+        except (asyncio.IncompleteReadError, ConnectionError, json.JSONDecodeError):
+            pass
+        except Exception:
+            log.exception("broker request of kernel %s failed", caller.kernel_id[:12])
+            writer.write(error_frame(DataExecError("internal error in the broker")))
+        finally:
+            with contextlib.suppress(Exception):
+                await writer.drain()
+            writer.close()
+
+    async def _sql(
+        self,
+        caller: Caller,
+        request: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        query, params = request.get("query"), request.get("params")
+        if not isinstance(query, str) or (params is not None and not isinstance(params, dict)):
+            raise ValidationError("sql() takes a query string and a dict of parameters")
+        checked = await self._check(query, params)
+        log.info("sql for session %s of tenant %s", caller.session_id, caller.tenant)
+        stream = self.database.start(checked, params)
+        # A kernel that hangs up (interrupt, timeout kill) cancels its query at once.
+        hangup = asyncio.ensure_future(reader.read(1))
+        hangup.add_done_callback(lambda _: stream.cancel())
+        try:
+            await self._write_result(stream, writer)
+        finally:
+            hangup.cancel()
+            stream.cancel()
+
+    async def _write_result(self, stream: QueryStream, writer: asyncio.StreamWriter) -> None:
+        schema = await stream.ready()
+        writer.write(frame({"ok": True}))
+        rows = 0
+        ipc = pa.ipc.new_stream(_SocketSink(writer), schema)
+        try:
+            async for batch in stream:
+                ipc.write_batch(batch)
+                rows += batch.num_rows
+                await writer.drain()
+        except DataExecError as exc:
+            ipc.close()
+            writer.write(error_frame(exc))
+            return
+        ipc.close()
+        writer.write(frame({"ok": True, "rows": rows}))

@@ -1,0 +1,41 @@
+"""The real embedded PostgreSQL, started once per test run, with the demo data.
+
+Test modules that need it say ``pytest_plugins = ["db_fixtures"]`` (a plugin, not an
+import, so that the session fixture exists once however many modules use it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from server.sql.embedded import EmbeddedPostgres
+
+
+@pytest.fixture(scope="session")
+def embedded_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """A started cluster under a fresh state dir, demo data loaded; stopped at the end."""
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg-state"), demo_data=True)
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def query_engine(embedded_pg: EmbeddedPostgres) -> Iterator[sa.Engine]:
+    """The SELECT-only role on the analysed database."""
+    engine = sa.create_engine(embedded_pg.query_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def admin_engine(embedded_pg: EmbeddedPostgres) -> Iterator[sa.Engine]:
+    """The owner role on the analysed database (makes schemas and tables)."""
+    engine = sa.create_engine(embedded_pg.admin_url)
+    yield engine
+    engine.dispose()
