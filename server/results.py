@@ -54,7 +54,14 @@ def pandas_dtype(field: pa.Field, null_count: int) -> str:
 
 
 def column_stats(column: pa.ChunkedArray) -> dict[str, Any]:
-    """Statistics of one column, keys by its type."""
+    """Statistics of one column, keys by its type (only null_count where none apply)."""
+    try:
+        return _typed_stats(column)
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return {"null_count": column.null_count}
+
+
+def _typed_stats(column: pa.ChunkedArray) -> dict[str, Any]:
     kind = column.type
     nulls = column.null_count
     if pa.types.is_boolean(kind):

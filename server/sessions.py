@@ -219,7 +219,7 @@ class SessionManager:
     async def _ensure_kernel(self, session: Session) -> str | None:
         """Give the session a live kernel; return why its previous one was replaced, if it was."""
         kernel = session.kernel
-        if kernel is not None and not await kernel.alive():
+        if kernel is not None and not await kernel.usable():
             reason = kernel.lost or (
                 "out_of_memory" if await kernel.process.oom_killed() else "kernel_died"
             )

@@ -186,6 +186,24 @@ async def value_of(client: httpx.AsyncClient, session: str, expression: str) -> 
     return answer["data"]["rows"][0][0]
 
 
+async def connect_from_kernel(client: httpx.AsyncClient, session: str, port: int) -> str:
+    """Try a TCP connect to the host's 127.0.0.1:``port`` from the kernel; the outcome."""
+    return await value_of(
+        client,
+        session,
+        f"""
+import socket
+s = socket.socket()
+s.settimeout(2)
+try:
+    s.connect(('127.0.0.1', {port}))
+    outcome = 'connected'
+except OSError as exc:
+    outcome = type(exc).__name__
+outcome""",
+    )
+
+
 def assert_error(response: httpx.Response, status: int, error_type: str) -> dict[str, Any]:
     """Assert the documented error shape and return its detail."""
     assert response.status_code == status, response.text

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import httpx
-from conftest import RunningServer, ok, value_of
+from conftest import RunningServer, connect_from_kernel, ok, value_of
 
 from server.sql.embedded import EmbeddedPostgres
 
@@ -50,20 +50,7 @@ async def test_kernel_cannot_connect_to_the_hosts_loopback(
     thread = threading.Thread(target=accept)
     thread.start()
     try:
-        outcome = await value_of(
-            client,
-            session_id,
-            f"""
-import socket
-s = socket.socket()
-s.settimeout(2)
-try:
-    s.connect(('127.0.0.1', {port}))
-    outcome = 'connected'
-except OSError as exc:
-    outcome = type(exc).__name__
-outcome""",
-        )
+        outcome = await connect_from_kernel(client, session_id, port)
         interfaces = await value_of(
             client, session_id, "import socket; str(sorted(n for _, n in socket.if_nameindex()))"
         )

@@ -8,7 +8,8 @@ import asyncio
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import RunningServer, assert_error, ok, run, value_of, wait_for
+from conftest import RunningServer, assert_error, connect_from_kernel, ok, run, value_of, wait_for
+from test_guard import REJECTED
 
 from server.sql.embedded import EmbeddedPostgres
 
@@ -201,20 +202,7 @@ for pid in [p for p in os.listdir('/proc') if p.isdigit()]:
 str(found)""",
     )
     assert leaks == "[]"
-    reach = await value_of(
-        client,
-        session_id,
-        f"""
-import socket
-s = socket.socket()
-s.settimeout(2)
-try:
-    s.connect(('127.0.0.1', {url.port}))
-    reach = 'connected'
-except OSError as exc:
-    reach = type(exc).__name__
-reach""",
-    )
+    reach = await connect_from_kernel(client, session_id, url.port)
     assert reach != "connected"
 
 
@@ -310,3 +298,53 @@ async def test_schema_and_profile_over_http(api: RunningServer, client: httpx.As
         assert_error(await client.get(f"/schema/{bad}/profile"), 404, "NOT_FOUND")
     async with api.client(token=None) as anonymous:
         assert_error(await anonymous.get("/schema"), 401, "UNAUTHORIZED")
+
+
+def _on_airlines(sql: str) -> str:
+    """A guard case aimed at a real table (the guard tests write against ``t``)."""
+    import re
+
+    return re.sub(r"\bt\b", "airlines", sql)
+
+
+# Empty code is refused earlier, as a VALIDATION_ERROR of the request.
+REJECTED_END_TO_END = [case for case in REJECTED if case.values[0].strip()]
+
+
+@pytest.mark.parametrize(("sql", "reason"), REJECTED_END_TO_END)
+async def test_every_refused_query_is_refused_end_to_end_and_changes_nothing(
+    client: httpx.AsyncClient, admin_engine: sa.Engine, sql: str, reason: str
+) -> None:
+    def counts() -> tuple[int, int]:
+        with admin_engine.connect() as conn:
+            return (
+                conn.execute(sa.text("SELECT count(*) FROM airlines")).scalar_one(),
+                conn.execute(sa.text("SELECT count(*) FROM flights")).scalar_one(),
+            )
+
+    before = counts()
+    response = await client.post("/execute", json={"language": "sql", "code": _on_airlines(sql)})
+    detail = assert_error(response, 400, "SQL_NOT_ALLOWED")
+    assert reason.lower() in detail["message"].lower()
+    assert counts() == before
+
+
+async def test_awkward_sql_values_become_json(client: httpx.AsyncClient) -> None:
+    query = (
+        "SELECT 1.25::numeric(10, 2) AS dec, '\\x0102ff'::bytea AS raw, ARRAY[1, 2] AS arr, "
+        "'{\"k\": [1, null]}'::jsonb AS doc, interval '1 day 2 hours' AS span, "
+        "timestamptz '2024-03-01 12:00:00+02' AS at, 'NaN'::float8 AS nan, "
+        "'infinity'::float8 AS inf, NULL::int AS nothing, date '2024-02-29' AS day"
+    )
+    response = await client.post("/execute", json={"language": "sql", "code": query})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    row = dict(zip(answer["data"]["columns"], answer["data"]["rows"][0], strict=True))
+    assert float(row["dec"]) == 1.25
+    assert row["raw"] == "0102ff"
+    assert row["arr"] == [1, 2]
+    assert "k" in str(row["doc"])
+    assert row["span"] and isinstance(row["span"], str)
+    assert row["at"].startswith("2024-03-01T10:00:00")
+    assert row["nan"] is None and row["inf"] is None and row["nothing"] is None
+    assert row["day"] == "2024-02-29"

@@ -85,6 +85,14 @@ def _stats(column: Any) -> dict[str, Any]:
     return {"null_count": nulls, "distinct_count": int(len(counts)), "top_values": top}
 
 
+def _safe_stats(column: Any) -> dict[str, Any]:
+    """Statistics, or only the null count for a column whose type has none."""
+    try:
+        return _stats(column)
+    except Exception:
+        return {"null_count": int(column.isna().sum())}
+
+
 def _as_frame(value: Any) -> Any:
     """The value as a DataFrame for the answer, or None when it is not frame-like."""
     import pandas as pd
@@ -117,7 +125,7 @@ def frame_payload(frame: Any, max_rows: int) -> dict[str, Any]:
             "type": str(frame[name].dtype)
             if frame.columns.is_unique
             else str(frame.iloc[:, i].dtype),
-            "stats": _stats(frame.iloc[:, i]),
+            "stats": _safe_stats(frame.iloc[:, i]),
         }
         for i, name in enumerate(frame.columns)
     ]

@@ -28,6 +28,7 @@ from server.errors import KernelDied, OutputTooLarge
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 OUTPUT_MSG_TYPES = ("stream", "display_data", "execute_result", "error", "update_display_data")
 MONITOR_EVENTS = zmq.EVENT_DISCONNECTED
+RESEND_S = 0.25
 
 
 def strip_ansi(text: str) -> str:
@@ -83,12 +84,27 @@ class KernelClient:
         self.iopub = connect(zmq.SUB, "iopub")
         self.control = connect(zmq.DEALER, "control")
         self.closed = False
+        self.lost = False  # a channel dropped (kernel died, or a message over the size cap)
 
     async def _recv(self, sock: zmq.asyncio.Socket) -> tuple[dict[str, Any], int]:
         frames = await sock.recv_multipart(copy=True)
         size = sum(len(f) for f in frames)
         _, parts = self.session.feed_identities(frames, copy=True)
         return self.session.deserialize(parts, content=True, copy=True), size
+
+    def channels_lost(self) -> bool:
+        """Whether a channel has dropped since we last looked (cheap: no system call waits).
+
+        A kernel that died while idle shows here first; the sandbox is asked only then.
+        """
+        if not self.closed and not self.lost:
+            for monitor in self.monitors:
+                peek = zmq.Socket.shadow(monitor.underlying)  # a synchronous view
+                while peek.poll(0):
+                    frames = peek.recv_multipart(zmq.NOBLOCK)
+                    if parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED:
+                        self.lost = True
+        return self.closed or self.lost
 
     async def wait_ready(self, timeout: float, alive: Any) -> None:
         """Return once the kernel answers kernel_info and its iopub reaches us."""
@@ -97,24 +113,25 @@ class KernelClient:
         poller.register(self.shell, zmq.POLLIN)
         poller.register(self.iopub, zmq.POLLIN)
         replied = published = False
-        msg_id = self.session.send(self.shell, "kernel_info_request", {})["header"]["msg_id"]
+        sent = {self.session.send(self.shell, "kernel_info_request", {})["header"]["msg_id"]}
         last_sent = time.monotonic()
         while not (replied and published):
             if time.monotonic() > deadline:
                 raise KernelDied("the kernel did not become ready in time")
             if not await alive():
                 raise KernelDied("the kernel exited while starting")
-            if replied and time.monotonic() - last_sent > 0.05:
-                # iopub subscriptions propagate asynchronously: ask again until one arrives.
-                msg_id = self.session.send(self.shell, "kernel_info_request", {})["header"][
-                    "msg_id"
-                ]
+            if replied and time.monotonic() - last_sent > RESEND_S:
+                # The iopub subscription propagates asynchronously: a status message of an
+                # early request may be lost, so ask again (any of our requests will do).
+                sent.add(
+                    self.session.send(self.shell, "kernel_info_request", {})["header"]["msg_id"]
+                )
                 last_sent = time.monotonic()
             for sock, _ in await poller.poll(50):
                 msg, _ = await self._recv(sock)
                 if sock is self.shell and msg["msg_type"] == "kernel_info_reply":
                     replied = True
-                elif sock is self.iopub and msg["parent_header"].get("msg_id") == msg_id:
+                elif sock is self.iopub and msg["parent_header"].get("msg_id") in sent:
                     published = True
 
     async def execute(
@@ -156,6 +173,7 @@ class KernelClient:
                 if sock in self.monitors:
                     frames = await sock.recv_multipart()
                     if parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED:
+                        self.lost = True
                         raise ChannelLost()
                     continue
                 msg, size = await self._recv(sock)

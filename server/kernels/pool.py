@@ -126,7 +126,7 @@ class KernelPool:
         """A ready kernel that no session has used; waits for one within the limits."""
         while self.idle:
             kernel = self.idle.popleft()
-            if await kernel.alive():
+            if await kernel.usable():
                 self.in_use += 1
                 self.fill()
                 return kernel

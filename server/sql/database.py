@@ -220,16 +220,22 @@ class QueryDatabase:
         return url.render_as_string(hide_password=False) + "?" + urlencode(query, quote_via=quote)
 
     @contextlib.contextmanager
-    def _adbc_connection(self) -> Iterator[Any]:
+    def _adbc_connection(self, fresh: bool = False) -> Iterator[tuple[Any, bool]]:
+        """A pooled (or, with ``fresh``, a new) ADBC connection and whether it was pooled.
+
+        It goes back to the pool, reset, only when its user finished without an error.
+        """
         import adbc_driver_postgresql.dbapi as adbc_pg
 
-        try:
-            conn = self._adbc.get_nowait()
-        except queue.Empty:
+        conn, pooled = None, False
+        if not fresh:
+            with contextlib.suppress(queue.Empty):
+                conn, pooled = self._adbc.get_nowait(), True
+        if conn is None:
             conn = adbc_pg.connect(self._adbc_uri, autocommit=True)
         healthy = False
         try:
-            yield conn
+            yield conn, pooled
             healthy = True
         finally:
             if healthy and self._adbc.qsize() < self.settings.db_pool_size:
@@ -240,7 +246,8 @@ class QueryDatabase:
                 except Exception:
                     conn.close()
             else:
-                conn.close()
+                with contextlib.suppress(Exception):
+                    conn.close()
 
     @contextlib.contextmanager
     def translate_errors(self) -> Iterator[None]:
@@ -278,7 +285,7 @@ class QueryDatabase:
             return ExecutionTimeout(f"the query exceeded the {self.timeout_ms / 1000:g} s limit")
         if sqlstate in (SQLSTATE_READ_ONLY, SQLSTATE_PRIVILEGE) or "readonly" in message:
             return SqlNotAllowed(f"the database refused: {message}")
-        if sqlstate.startswith("08") or _is_connection_failure(exc, message):
+        if sqlstate.startswith(("08", "57P")) or _is_connection_failure(message):
             return DatabaseUnavailable(
                 f"cannot reach the database at {describe_target(self.url)}: "
                 f"{_without_secrets(message, self.url)}"
@@ -349,18 +356,22 @@ class QueryDatabase:
         return self._read_sqlalchemy(query, params, stream)
 
     def _read_adbc(self, query: str, stream: QueryStream) -> Any:
-        stack = contextlib.ExitStack()
-        conn = stack.enter_context(self._adbc_connection())
-        cursor = stack.enter_context(conn.cursor())
-        stream.cancel_with(cursor.adbc_cancel)
-        stack.callback(stream.cancel_with, None)
-        try:
-            cursor.execute(query)
-            reader = cursor.fetch_record_batch()
-        except BaseException:
-            stack.close()
-            raise
-        return _ClosingReader(reader, stack)
+        # A pooled connection may have died with a database restart: then try once more on
+        # a new one, so the first query after an outage does not fail for nothing.
+        for fresh in (False, True):
+            stack = contextlib.ExitStack()
+            conn, pooled = stack.enter_context(self._adbc_connection(fresh))
+            cursor = stack.enter_context(conn.cursor())
+            stream.cancel_with(cursor.adbc_cancel)
+            stack.callback(stream.cancel_with, None)
+            try:
+                cursor.execute(query)
+                return _ClosingReader(cursor.fetch_record_batch(), stack)
+            except BaseException as exc:
+                stack.__exit__(type(exc), exc, exc.__traceback__)
+                if not (pooled and _is_connection_failure(str(exc))):
+                    raise
+        raise AssertionError("unreachable")
 
     def _read_sqlalchemy(
         self,
@@ -421,7 +432,7 @@ class _ClosingReader:
             self.stack.__exit__(type(error), error, error.__traceback__)
 
 
-def _is_connection_failure(exc: BaseException, message: str) -> bool:
+def _is_connection_failure(message: str) -> bool:
     text = message.lower()
     return any(
         s in text
@@ -434,6 +445,10 @@ def _is_connection_failure(exc: BaseException, message: str) -> bool:
             "timeout expired",
             "no such host",
             "unable to open database",
+            "terminating connection",
+            "connection reset",
+            "broken pipe",
+            "no connection to the server",
         )
     )
 
