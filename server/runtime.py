@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from server.broker import Broker
 from server.config import Settings
-from server.errors import SandboxUnavailable
+from server.errors import ConfigError, SandboxUnavailable
 from server.kernels.kernel import KernelLauncher
 from server.kernels.kerneldir import check_runtime_dir, install_kernel_lib
 from server.kernels.pool import KernelPool
 from server.kernels.sandbox import Sandbox
 from server.sessions import SessionManager
 from server.sql.database import QueryDatabase
+from server.sql.guard import check_query
 
 if TYPE_CHECKING:
     from server.sql.embedded import EmbeddedPostgres
@@ -75,6 +76,14 @@ class Runtime:
         if reaped:
             log.info("removed %d kernels left by an earlier run", reaped)
         self.database = QueryDatabase(settings, await self._database_url())
+        # Fails early on a dialect the guard cannot parse, and loads sqlglot (~0.1 s) now
+        # rather than in the first query.
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, check_query, "SELECT 1", self.database.dialect
+            )
+        except ValueError as exc:
+            raise ConfigError([f"database_url: {exc}"]) from None
         broker = Broker(self.database, kernel_gid=settings.kernel_uid)
         self.sessions = SessionManager(settings, self.pools, broker)
         lib_dir = install_kernel_lib(settings.runtime_dir)
