@@ -120,7 +120,8 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "",
         "SQLAlchemy URL of DataExec's own store (sessions, executions, cache index); empty uses "
-        "a database of the embedded PostgreSQL. The query role must not be able to connect.",
+        "a database of the embedded PostgreSQL (or, with an external database_url, SQLite in "
+        "the state dir). The query role must not be able to connect.",
     ),
     Setting(
         "demo_data",

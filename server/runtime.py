@@ -22,6 +22,7 @@ from server.kernels.sandbox import Sandbox
 from server.sessions import SessionManager
 from server.sql.database import QueryDatabase
 from server.sql.guard import check_query
+from server.store import Store
 
 if TYPE_CHECKING:
     from server.sql.embedded import EmbeddedPostgres
@@ -60,6 +61,7 @@ class Runtime:
         self.pools: dict[str, KernelPool] = {}
         self.database: QueryDatabase | None = None
         self.embedded: EmbeddedPostgres | None = None
+        self.store: Store | None = None
         self.sessions: SessionManager
         self.started = False
         self.closing = False
@@ -76,6 +78,8 @@ class Runtime:
         if reaped:
             log.info("removed %d kernels left by an earlier run", reaped)
         self.database = QueryDatabase(settings, await self._database_url())
+        self.store = Store(self._store_url())
+        await asyncio.get_running_loop().run_in_executor(None, self.store.upgrade)
         # Fails early on a dialect the guard cannot parse, and loads sqlglot (~0.1 s) now
         # rather than in the first query.
         try:
@@ -117,6 +121,15 @@ class Runtime:
         await asyncio.get_running_loop().run_in_executor(None, self.embedded.start)
         log.info("embedded PostgreSQL on 127.0.0.1:%d", self.embedded.port)
         return self.embedded.query_url.render_as_string(hide_password=False)
+
+    def _store_url(self) -> str:
+        """The configured store, else the embedded PostgreSQL's, else SQLite in the state dir."""
+        if self.settings.store_url:
+            return self.settings.store_url
+        if self.embedded is not None:
+            return self.embedded.store_url.render_as_string(hide_password=False)
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{self.settings.state_dir / 'store.db'}"
 
     async def _cull_forever(self) -> None:
         while True:
@@ -162,5 +175,7 @@ class Runtime:
             self.launcher.close()
         if self.database is not None:
             self.database.close()
+        if self.store is not None:
+            self.store.close()
         if self.embedded is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.embedded.stop)

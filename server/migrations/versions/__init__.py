@@ -1,0 +1,1 @@
+"""One module per store migration, applied in order by Alembic."""
