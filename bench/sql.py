@@ -40,8 +40,9 @@ SCHEMA_TARGET = Target("<=", 1000.0)
 def _in_kernel(client: httpx.Client, session: str) -> tuple[float, float]:
     """(kernel ms, wall ms) of one ``sql()`` into a DataFrame in the session's kernel."""
     started = time.perf_counter()
-    response = client.post(f"/sessions/{session}/execute",
-                           json={"code": f"flights = sql({QUERY!r})\nlen(flights)"})
+    response = client.post(
+        f"/sessions/{session}/execute", json={"code": f"flights = sql({QUERY!r})\nlen(flights)"}
+    )
     wall = ms_since(started)
     answer = response.json()
     if response.status_code != 200 or answer["data"]["rows"] != [[FLIGHTS]]:
@@ -113,8 +114,10 @@ def bench_sql(server: BenchServer, repeat: int) -> list[Figure]:
     ]
     speedup = [b / k for b, k in zip(baseline, kernel, strict=True)]
     versus_ceiling = [k / c for k, c in zip(kernel, ceiling, strict=True)]
-    figures.append(Figure("sql", "speedup over psycopg2 + read_sql", sandbox, "x", speedup,
-                          SPEEDUP_TARGET))
-    figures.append(Figure("sql", "kernel time / ADBC ceiling", sandbox, "x", versus_ceiling,
-                          CEILING_TARGET))
+    figures.append(
+        Figure("sql", "speedup over psycopg2 + read_sql", sandbox, "x", speedup, SPEEDUP_TARGET)
+    )
+    figures.append(
+        Figure("sql", "kernel time / ADBC ceiling", sandbox, "x", versus_ceiling, CEILING_TARGET)
+    )
     return figures

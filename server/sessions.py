@@ -141,9 +141,7 @@ def _iso(timestamp: float) -> str:
 class SessionManager:
     """All sessions of all tenants, and the throwaway runs of session-less requests."""
 
-    def __init__(
-        self, settings: Settings, pools: Mapping[str, KernelPool], broker: Broker
-    ) -> None:
+    def __init__(self, settings: Settings, pools: Mapping[str, KernelPool], broker: Broker) -> None:
         self.settings = settings
         self.pools = pools
         self.broker = broker
