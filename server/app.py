@@ -6,7 +6,7 @@ import tornado.web
 
 from server.auth import Authenticator
 from server.config import Settings
-from server.handlers import execute, health, openapi, schema, sessions
+from server.handlers import cache, execute, health, openapi, schema, sessions
 from server.handlers.base import NotFoundHandler
 from server.runtime import Runtime
 
@@ -16,6 +16,7 @@ ROUTES = [
     *schema.routes,
     *execute.routes,
     *sessions.routes,
+    *cache.routes,
 ]
 
 

@@ -5,6 +5,9 @@ Each kernel that serves a session gets a unix socket, ``broker.sock``, in the se
 database is or how to log in. Because the socket is that kernel's own, the broker knows who
 asks: the session and tenant it was attached for. A request is answered with Arrow:
 
+    kernel -> broker   frame: {"op": "put", "bytes": n}, then n bytes of Arrow IPC stream
+    broker -> kernel   frame: {"ok": true, "cache_key": "..."}   (a result frame, cached)
+
     kernel -> broker   frame: {"op": "sql", "query": "...", "params": {...} | null}
     broker -> kernel   frame: {"ok": true} | {"ok": false, "error": {"type", "message"}}
                        then, when ok, an Arrow IPC stream (schema, record batches, end)
@@ -32,7 +35,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from server.errors import DataExecError, ValidationError
+from server.cache import CacheStore
+from server.errors import DataExecError, OutputTooLarge, ValidationError
 from server.kernels.sandbox import BROKER_SOCKET
 from server.sql.database import QueryDatabase, QueryStream
 from server.sql.guard import check_query
@@ -89,8 +93,12 @@ class _SocketSink:
 class Broker:
     """Serves every attached kernel's socket with the guard and the query database."""
 
-    def __init__(self, database: QueryDatabase, kernel_gid: int) -> None:
+    def __init__(
+        self, database: QueryDatabase, cache: CacheStore, kernel_gid: int, max_frame_bytes: int
+    ) -> None:
         self.database = database
+        self.cache = cache
+        self.max_frame_bytes = max_frame_bytes
         self.kernel_gid = kernel_gid
         self.servers: dict[str, asyncio.AbstractServer] = {}
 
@@ -135,9 +143,13 @@ class Broker:
     ) -> None:
         try:
             request = await read_frame(reader)
-            if not isinstance(request, dict) or request.get("op") != "sql":
+            op = request.get("op") if isinstance(request, dict) else None
+            if op == "sql":
+                await self._sql(caller, request, reader, writer)
+            elif op == "put":
+                await self._put(caller, request, reader, writer)
+            else:
                 raise ValidationError("unknown broker request")
-            await self._sql(caller, request, reader, writer)
         except DataExecError as exc:
             writer.write(error_frame(exc))
         except (asyncio.IncompleteReadError, ConnectionError, json.JSONDecodeError):
@@ -149,6 +161,25 @@ class Broker:
             with contextlib.suppress(Exception):
                 await writer.drain()
             writer.close()
+
+    async def _put(
+        self,
+        caller: Caller,
+        request: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """A result frame from the kernel (an Arrow IPC stream) into the cache: its key."""
+        size = request.get("bytes")
+        cap = self.max_frame_bytes
+        if not isinstance(size, int) or size < 0:
+            raise ValidationError("put needs the stream's size in bytes")
+        if size > cap:
+            raise OutputTooLarge(f"the result frame is over {cap} bytes (sql_max_result_bytes)")
+        body = await reader.readexactly(size)
+        table = pa.ipc.open_stream(body).read_all()
+        key = await self.cache.spill(caller.tenant, None, table, {"session": caller.session_id})
+        writer.write(frame({"ok": True, "cache_key": key}))
 
     async def _sql(
         self,

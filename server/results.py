@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 TOP_VALUES = 5
 
 
-def _json_value(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     if value is None:
         return None
     if isinstance(value, float):
@@ -36,9 +36,9 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, list):
-        return [_json_value(v) for v in value]
+        return [json_value(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
+        return {str(k): json_value(v) for k, v in value.items()}
     return str(value)
 
 
@@ -77,18 +77,18 @@ def _typed_stats(column: pa.ChunkedArray) -> dict[str, Any]:
             numbers = pc.if_else(pc.is_nan(numbers), None, numbers)
         minmax = pc.min_max(numbers).as_py()
         return {
-            "min": _json_value(minmax["min"]),
-            "max": _json_value(minmax["max"]),
-            "mean": _json_value(pc.mean(numbers).as_py()),
-            "std": _json_value(pc.stddev(numbers, ddof=1).as_py()),
+            "min": json_value(minmax["min"]),
+            "max": json_value(minmax["max"]),
+            "mean": json_value(pc.mean(numbers).as_py()),
+            "std": json_value(pc.stddev(numbers, ddof=1).as_py()),
             "null_count": numbers.null_count,
             "distinct_count": pc.count_distinct(numbers, mode="only_valid").as_py(),
         }
     if pa.types.is_temporal(kind):
         minmax = pc.min_max(column).as_py()
         return {
-            "min": _json_value(minmax["min"]),
-            "max": _json_value(minmax["max"]),
+            "min": json_value(minmax["min"]),
+            "max": json_value(minmax["max"]),
             "null_count": nulls,
         }
     if (
@@ -105,7 +105,7 @@ def _typed_stats(column: pa.ChunkedArray) -> dict[str, Any]:
             else []
         )
         top = [
-            {"value": _json_value(values[i].as_py()), "count": freqs[i].as_py()}
+            {"value": json_value(values[i].as_py()), "count": freqs[i].as_py()}
             for i in (order.to_pylist() if len(counts) else [])
         ]
         return {"null_count": nulls, "distinct_count": len(counts), "top_values": top}
@@ -115,7 +115,7 @@ def _typed_stats(column: pa.ChunkedArray) -> dict[str, Any]:
 def table_result(table: pa.Table, max_rows: int) -> dict[str, Any]:
     """The ``status``/``metadata``/``data`` part of an answer for a result table."""
     columns = [table.column(i).slice(0, max_rows).to_pylist() for i in range(table.num_columns)]
-    rows = [[_json_value(v) for v in row] for row in zip(*columns, strict=True)]
+    rows = [[json_value(v) for v in row] for row in zip(*columns, strict=True)]
     names = table.column_names
     schema = [
         {

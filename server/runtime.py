@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from server.broker import Broker
+from server.cache import CacheStore
 from server.config import Settings
 from server.errors import ConfigError, SandboxUnavailable
 from server.kernels.kernel import KernelLauncher
@@ -62,6 +63,7 @@ class Runtime:
         self.database: QueryDatabase | None = None
         self.embedded: EmbeddedPostgres | None = None
         self.store: Store | None = None
+        self.cache: CacheStore
         self.sessions: SessionManager
         self.started = False
         self.closing = False
@@ -80,6 +82,7 @@ class Runtime:
         self.database = QueryDatabase(settings, await self._database_url())
         self.store = Store(self._store_url())
         await asyncio.get_running_loop().run_in_executor(None, self.store.upgrade)
+        self.cache = CacheStore(settings.state_dir / "cache", self.store, settings.cache_ttl_s)
         # Fails early on a dialect the guard cannot parse, and loads sqlglot (~0.1 s) now
         # rather than in the first query.
         try:
@@ -88,8 +91,13 @@ class Runtime:
             )
         except ValueError as exc:
             raise ConfigError([f"database_url: {exc}"]) from None
-        broker = Broker(self.database, kernel_gid=settings.kernel_uid)
-        self.sessions = SessionManager(settings, self.pools, broker)
+        broker = Broker(
+            self.database,
+            self.cache,
+            kernel_gid=settings.kernel_uid,
+            max_frame_bytes=settings.sql_max_result_bytes,
+        )
+        self.sessions = SessionManager(settings, self.pools, broker, self.cache)
         lib_dir = install_kernel_lib(settings.runtime_dir)
         self.launcher = KernelLauncher(settings, self.sandbox, lib_dir, self.env)
         for name, pool_settings in settings.pools.items():
@@ -175,6 +183,8 @@ class Runtime:
             self.launcher.close()
         if self.database is not None:
             self.database.close()
+        if self.started:
+            await self.cache.close()
         if self.store is not None:
             self.store.close()
         if self.embedded is not None:

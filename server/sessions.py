@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from server.broker import Broker, Caller
+from server.cache import CacheStore
 from server.config import Settings, TenantSettings
 from server.errors import (
     Conflict,
@@ -141,10 +142,17 @@ def _iso(timestamp: float) -> str:
 class SessionManager:
     """All sessions of all tenants, and the throwaway runs of session-less requests."""
 
-    def __init__(self, settings: Settings, pools: Mapping[str, KernelPool], broker: Broker) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pools: Mapping[str, KernelPool],
+        broker: Broker,
+        cache: CacheStore,
+    ) -> None:
         self.settings = settings
         self.pools = pools
         self.broker = broker
+        self.cache = cache
         self.sessions: dict[tuple[str, str], Session] = {}
         self.throwaway_running = 0
 
@@ -278,8 +286,9 @@ class SessionManager:
         table = await self.broker.query_table(Caller(tenant.name, "", ""), request.code)
         result = table_result(table, request.max_rows)
         result["metadata"]["execution_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        key = await self.cache.spill(tenant.name, None, table, {"sql": request.code, "inputs": {}})
         result.update(
-            session_id=None, execution_count=None, kernel_replaced=False, outputs=[], cache_key=None
+            session_id=None, execution_count=None, kernel_replaced=False, outputs=[], cache_key=key
         )
         return result
 
@@ -337,7 +346,7 @@ class SessionManager:
         result = _result_payload(execution.user_expressions)
         entry.row_count = result["metadata"]["row_count"]
         result["metadata"]["execution_time_ms"] = round(execution.elapsed_ms, 3)
-        result.update(context, outputs=execution.outputs, cache_key=None)
+        result.update(context, outputs=execution.outputs)
         if entry.result_name is not None:
             result["result_name"] = entry.result_name
         if replaced is not None:
@@ -400,6 +409,7 @@ def _result_payload(user_expressions: dict[str, Any]) -> dict[str, Any]:
             "status": "success",
             "metadata": {"row_count": 0, "truncated": False, "result_schema": []},
             "data": None,
+            "cache_key": None,
         }
     return {
         "status": "success",
@@ -409,4 +419,5 @@ def _result_payload(user_expressions: dict[str, Any]) -> dict[str, Any]:
             "result_schema": payload["result_schema"],
         },
         "data": {"columns": payload["columns"], "rows": payload["rows"]},
+        "cache_key": payload.get("cache_key"),
     }

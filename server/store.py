@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -176,6 +176,10 @@ class Store:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_UPGRADE_LOCK)))
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+
+    def session(self) -> Session:
+        """An ORM session; objects stay readable after commit (``expire_on_commit=False``)."""
+        return Session(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
         """Close every pooled connection."""

@@ -70,6 +70,44 @@ def _read_frame(stream: Any) -> Any:
     return json.loads(stream.read(size))
 
 
+def _connect() -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(os.environ.get("DATAEXEC_BROKER", DEFAULT_BROKER))
+    except OSError:
+        sock.close()
+        raise DataExecError("this kernel has no data connection (it serves no session)") from None
+    return sock
+
+
+def _send_frame(sock: socket.socket, document: dict[str, Any], payload: bytes = b"") -> None:
+    body = json.dumps(document, default=str).encode()
+    sock.sendall(FRAME.pack(len(body)) + body + payload)
+
+
+def put_frame(frame: Any) -> str:
+    """Send a result DataFrame to the server's cache as Arrow; return its cache key."""
+    import pyarrow as pa
+
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        # Mixed-type object columns: keep them, as text.
+        loose = [c for c in frame.columns if frame[c].dtype == object]
+        table = pa.Table.from_pandas(frame.astype({c: str for c in loose}), preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    body = sink.getvalue()
+    with _connect() as sock:
+        _send_frame(sock, {"op": "put", "bytes": body.size}, body.to_pybytes())
+        with sock.makefile("rb") as stream:
+            answer = _read_frame(stream)
+    if not answer["ok"]:
+        _raise(answer["error"])
+    return str(answer["cache_key"])
+
+
 def fetch_arrow(query: str, params: dict[str, Any] | None = None) -> Any:
     """Run ``query`` through the broker and return its result as a pyarrow Table."""
     import pyarrow as pa

@@ -165,6 +165,7 @@ class ResultCapture:
         frame = _as_frame(value)
         if frame is not None:
             payload = frame_payload(frame, max_rows)
+            payload["cache_key"] = _cache(frame)
         elif value is not None and (
             np.isscalar(value)
             or isinstance(value, (pd.Timestamp, pd.Timedelta, dt.date, decimal.Decimal))
@@ -190,6 +191,16 @@ class _Payload:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         return {RESULT_MIMETYPE: self.text}
+
+
+def _cache(frame: Any) -> str | None:
+    """The frame's cache key, or None when this kernel has no broker (it serves no one)."""
+    from dataexec_kernel import data
+
+    try:
+        return data.put_frame(frame)
+    except Exception:  # no broker, a frame over the byte cap, or columns Arrow cannot hold
+        return None
 
 
 def _refuse_pip(line: str = "", cell: str | None = None) -> None:
