@@ -6,7 +6,7 @@ import tornado.web
 
 from server.auth import Authenticator
 from server.config import Settings
-from server.handlers import cache, execute, health, openapi, schema, sessions
+from server.handlers import cache, execute, health, ondata, openapi, schema, sessions
 from server.handlers.base import NotFoundHandler
 from server.runtime import Runtime
 
@@ -15,6 +15,7 @@ ROUTES = [
     *openapi.routes,
     *schema.routes,
     *execute.routes,
+    *ondata.routes,
     *sessions.routes,
     *cache.routes,
 ]

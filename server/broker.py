@@ -8,6 +8,8 @@ asks: the session and tenant it was attached for. A request is answered with Arr
     kernel -> broker   frame: {"op": "put", "bytes": n}, then n bytes of Arrow IPC stream
     broker -> kernel   frame: {"ok": true, "cache_key": "..."}   (a result frame, cached)
 
+    kernel -> broker   frame: {"op": "load", "key": "..."}   (then as for sql, below)
+
     kernel -> broker   frame: {"op": "sql", "query": "...", "params": {...} | null}
     broker -> kernel   frame: {"ok": true} | {"ok": false, "error": {"type", "message"}}
                        then, when ok, an Arrow IPC stream (schema, record batches, end)
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from server.cache import CacheStore
 from server.errors import DataExecError, OutputTooLarge, ValidationError
@@ -148,6 +151,8 @@ class Broker:
                 await self._sql(caller, request, reader, writer)
             elif op == "put":
                 await self._put(caller, request, reader, writer)
+            elif op == "load":
+                await self._load(caller, request, writer)
             else:
                 raise ValidationError("unknown broker request")
         except DataExecError as exc:
@@ -180,6 +185,25 @@ class Broker:
         table = pa.ipc.open_stream(body).read_all()
         key = await self.cache.spill(caller.tenant, None, table, {"session": caller.session_id})
         writer.write(frame({"ok": True, "cache_key": key}))
+
+    async def _load(
+        self, caller: Caller, request: dict[str, Any], writer: asyncio.StreamWriter
+    ) -> None:
+        """A cached frame of the caller's tenant, streamed to the kernel as Arrow."""
+        key = request.get("key")
+        if not isinstance(key, str):
+            raise ValidationError("load() takes a cache key string")
+        entry = await self.cache.entry(caller.tenant, key)
+        path = self.cache.path(entry)
+        parquet = await asyncio.get_running_loop().run_in_executor(None, pq.ParquetFile, path)
+        writer.write(frame({"ok": True}))
+        rows = 0
+        with pa.ipc.new_stream(_SocketSink(writer), parquet.schema_arrow) as ipc:
+            for batch in parquet.iter_batches(batch_size=65_536):
+                ipc.write_batch(batch)
+                rows += batch.num_rows
+                await writer.drain()
+        writer.write(frame({"ok": True, "rows": rows}))
 
     async def _sql(
         self,

@@ -161,6 +161,28 @@ def openapi_document() -> dict[str, Any]:
                     body=EXECUTE_BODY,
                 )
             },
+            "/execute-on-data": {
+                "post": _op(
+                    "Run pandas code over earlier results (cache_keys) and literal rows "
+                    "(input_data); the code sets result_df",
+                    ("200", RESULT),
+                    *EXECUTE_ERRORS,
+                    body={
+                        "type": "object",
+                        "required": ["code"],
+                        "properties": {
+                            "code": {"type": "string"},
+                            "input_data": {"type": "object"},
+                            "cache_keys": {
+                                "type": "object",
+                                "additionalProperties": {"type": "string"},
+                            },
+                            "session_id": {"type": "string"},
+                            "max_rows": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                )
+            },
             "/sessions": {
                 "get": _op(
                     "This tenant's sessions",

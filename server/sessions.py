@@ -55,6 +55,7 @@ KERNEL_ERRORS: dict[str, type[DataExecError]] = {
     "QueryTimeout": ExecutionTimeout,
     "ResultTooLarge": OutputTooLarge,
     "DatabaseUnavailable": DatabaseUnavailable,
+    "CacheKeyNotFound": NotFound,
 }
 
 

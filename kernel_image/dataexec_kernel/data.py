@@ -50,9 +50,20 @@ class DatabaseError(DataExecError):
     type = "EXECUTION_ERROR"
 
 
+class CacheKeyNotFound(DataExecError):
+    type = "NOT_FOUND"
+
+
 ERRORS = {
     cls.type: cls
-    for cls in (SqlNotAllowed, QueryTimeout, ResultTooLarge, DatabaseUnavailable, DatabaseError)
+    for cls in (
+        SqlNotAllowed,
+        QueryTimeout,
+        ResultTooLarge,
+        DatabaseUnavailable,
+        DatabaseError,
+        CacheKeyNotFound,
+    )
 }
 
 
@@ -110,20 +121,24 @@ def put_frame(frame: Any) -> str:
 
 def fetch_arrow(query: str, params: dict[str, Any] | None = None) -> Any:
     """Run ``query`` through the broker and return its result as a pyarrow Table."""
-    import pyarrow as pa
-
     if not isinstance(query, str):
         raise TypeError("sql() takes the query as a string")
-    path = os.environ.get("DATAEXEC_BROKER", DEFAULT_BROKER)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(path)
-        except OSError:
-            raise DataExecError(
-                "this kernel has no data connection (it serves no session)"
-            ) from None
-        body = json.dumps({"op": "sql", "query": query, "params": params}, default=str).encode()
-        sock.sendall(FRAME.pack(len(body)) + body)
+    return _fetch({"op": "sql", "query": query, "params": params})
+
+
+def load(key: str) -> Any:
+    """The cached frame of ``key`` (of this tenant) as a DataFrame."""
+    if not isinstance(key, str):
+        raise TypeError("load() takes a cache key string")
+    return _fetch({"op": "load", "key": key}).to_pandas()
+
+
+def _fetch(request: dict[str, Any]) -> Any:
+    """Send a request whose answer is an Arrow stream; return it as a pyarrow Table."""
+    import pyarrow as pa
+
+    with _connect() as sock:
+        _send_frame(sock, request)
         with sock.makefile("rb") as stream:
             head = _read_frame(stream)
             if not head["ok"]:

@@ -215,7 +215,7 @@ def install(ipython: Any) -> None:
     ipython.events.register("pre_run_cell", capture.pre_run_cell)
     ipython.events.register("post_run_cell", capture.post_run_cell)
     ipython.push({"__dataexec__": capture}, interactive=False)
-    ipython.push({"sql": data.sql, "conn": data.make_conn()})
+    ipython.push({"sql": data.sql, "load": data.load, "conn": data.make_conn()})
     data.register_magic(ipython)
     for name in ("pip", "conda", "mamba"):
         ipython.register_magic_function(_refuse_pip, "line", name)
