@@ -113,25 +113,26 @@ class KernelClient:
         poller.register(self.shell, zmq.POLLIN)
         poller.register(self.iopub, zmq.POLLIN)
         replied = published = False
-        sent = {self.session.send(self.shell, "kernel_info_request", {})["header"]["msg_id"]}
+        self.session.send(self.shell, "kernel_info_request", {})
         last_sent = time.monotonic()
         while not (replied and published):
             if time.monotonic() > deadline:
-                raise KernelDied("the kernel did not become ready in time")
+                stage = "its iopub channel" if replied else "kernel_info"
+                raise KernelDied(f"the kernel did not become ready in time (no answer on {stage})")
             if not await alive():
                 raise KernelDied("the kernel exited while starting")
             if replied and time.monotonic() - last_sent > RESEND_S:
                 # The iopub subscription propagates asynchronously: a status message of an
-                # early request may be lost, so ask again (any of our requests will do).
-                sent.add(
-                    self.session.send(self.shell, "kernel_info_request", {})["header"]["msg_id"]
-                )
+                # early request may be lost, so ask again.
+                self.session.send(self.shell, "kernel_info_request", {})
                 last_sent = time.monotonic()
             for sock, _ in await poller.poll(50):
                 msg, _ = await self._recv(sock)
                 if sock is self.shell and msg["msg_type"] == "kernel_info_reply":
                     replied = True
-                elif sock is self.iopub and msg["parent_header"].get("msg_id") in sent:
+                elif sock is self.iopub:
+                    # Any message proves the subscription works (the kernel publishes a
+                    # status for each of our requests).
                     published = True
 
     async def execute(
