@@ -195,11 +195,14 @@ class Broker:
             raise ValidationError("load() takes a cache key string")
         entry = await self.cache.entry(caller.tenant, key)
         path = self.cache.path(entry)
-        parquet = await asyncio.get_running_loop().run_in_executor(None, pq.ParquetFile, path)
+        loop = asyncio.get_running_loop()
+        parquet = await loop.run_in_executor(None, pq.ParquetFile, path)
+        batches = parquet.iter_batches(batch_size=65_536)
         writer.write(frame({"ok": True}))
         rows = 0
         with pa.ipc.new_stream(_SocketSink(writer), parquet.schema_arrow) as ipc:
-            for batch in parquet.iter_batches(batch_size=65_536):
+            # Reading and decoding Parquet is disk and cpu work: off the event loop.
+            while (batch := await loop.run_in_executor(None, next, batches, None)) is not None:
                 ipc.write_batch(batch)
                 rows += batch.num_rows
                 await writer.drain()
