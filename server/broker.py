@@ -5,8 +5,10 @@ Each kernel that serves a session gets a unix socket, ``broker.sock``, in the se
 database is or how to log in. Because the socket is that kernel's own, the broker knows who
 asks: the session and tenant it was attached for. A request is answered with Arrow:
 
-    kernel -> broker   frame: {"op": "put", "bytes": n}, then n bytes of Arrow IPC stream
-    broker -> kernel   frame: {"ok": true, "cache_key": "..."}   (a result frame, cached)
+    kernel -> broker   frame: {"op": "put", "bytes": n, "kind": k, "name": s | null},
+                       then n bytes of Arrow IPC stream; k is why the frame is kept:
+                       "result", "save" or "checkpoint"
+    broker -> kernel   frame: {"ok": true, "cache_key": "..."}   (the frame, cached)
 
     kernel -> broker   frame: {"op": "load", "key": "..."}   (then as for sql, below)
 
@@ -31,7 +33,7 @@ import json
 import logging
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +52,35 @@ FRAME = struct.Struct(">I")
 MAX_REQUEST_BYTES = 1024 * 1024
 
 
-@dataclass(frozen=True)
+PUT_KINDS = ("result", "save", "checkpoint")
+
+
+@dataclass
 class Caller:
-    """Who a kernel serves: the broker's answer to "who is asking"."""
+    """Who a kernel serves: the broker's answer to "who is asking", and what it is doing.
+
+    ``step`` describes the step running now (its code or SQL and execution count) and
+    ``loaded`` the keys it has read so far: together the lineage of the frames it puts.
+    """
 
     tenant: str
-    session_id: str
+    session_id: str  # the client's id ("" for a throwaway kernel)
     kernel_id: str
+    store_id: str | None = None  # the session's internal id in the store
+    step: dict[str, Any] = field(default_factory=dict)
+    loaded: list[str] = field(default_factory=list)
+
+    def begin_step(self, step: dict[str, Any]) -> None:
+        self.step, self.loaded = step, []
+
+    def lineage(self, kind: str, name: str | None) -> dict[str, Any]:
+        return {
+            **self.step,
+            "session": self.session_id or None,
+            "kind": kind,
+            "name": name,
+            "inputs": list(dict.fromkeys(self.loaded)),
+        }
 
 
 async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_REQUEST_BYTES) -> Any:
@@ -175,15 +199,18 @@ class Broker:
         writer: asyncio.StreamWriter,
     ) -> None:
         """A result frame from the kernel (an Arrow IPC stream) into the cache: its key."""
-        size = request.get("bytes")
+        size, kind, name = request.get("bytes"), request.get("kind", "result"), request.get("name")
         cap = self.max_frame_bytes
         if not isinstance(size, int) or size < 0:
             raise ValidationError("put needs the stream's size in bytes")
+        if kind not in PUT_KINDS or not (name is None or isinstance(name, str)):
+            raise ValidationError("put: unknown kind, or a name that is not a string")
         if size > cap:
             raise OutputTooLarge(f"the result frame is over {cap} bytes (sql_max_result_bytes)")
         body = await reader.readexactly(size)
         table = pa.ipc.open_stream(body).read_all()
-        key = await self.cache.spill(caller.tenant, None, table, {"session": caller.session_id})
+        lineage = caller.lineage(kind, name[:200] if name else None)
+        key = await self.cache.spill(caller.tenant, caller.store_id, table, lineage)
         writer.write(frame({"ok": True, "cache_key": key}))
 
     async def _load(
@@ -194,6 +221,7 @@ class Broker:
         if not isinstance(key, str):
             raise ValidationError("load() takes a cache key string")
         entry = await self.cache.entry(caller.tenant, key)
+        caller.loaded.append(key)
         path = self.cache.path(entry)
         loop = asyncio.get_running_loop()
         parquet = await loop.run_in_executor(None, pq.ParquetFile, path)

@@ -8,6 +8,13 @@ Files live under ``<state_dir>/cache/<tenant digest>/<key>.parquet``: the path i
 the key (checked to be a UUID) and a digest of the tenant name, never from user input. The
 index (tenant, status, shape, schema, lineage, created, last used, expiry) is the store's
 ``cache_entries`` table. Another tenant's key is simply unknown (``NOT_FOUND``).
+
+Retention: every tenant has a quota of Parquet bytes (checkpoints included) and every key a
+TTL. A spill reserves about the frame's Arrow size (Parquet is rarely larger) before it answers;
+when the reservation does not fit, the tenant's least recently used ready keys are evicted
+until it does, and a frame that cannot fit at all answers ``QUOTA_EXCEEDED`` instead of
+writing past the quota. Every eviction (``quota``, ``ttl``, ``deleted``) is recorded in
+``cache_evictions``, so a read of a key that went away says when and why.
 """
 
 from __future__ import annotations
@@ -26,13 +33,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from server.errors import DataExecError, NotFound
-from server.store import CacheEntry, Store
+from server.errors import DataExecError, NotFound, QuotaExceeded
+from server.store import CacheEntry, CacheEviction, Store
 
 log = logging.getLogger(__name__)
 
 KEY = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 T = TypeVar("T")
+EVICTION_REASONS = {
+    "quota": "evicted to stay within the tenant's cache quota",
+    "ttl": "expired",
+    "deleted": "deleted",
+}
 
 
 def _now() -> dt.datetime:
@@ -47,11 +59,19 @@ def _utc(value: dt.datetime) -> dt.datetime:
 class CacheStore:
     """Writes, finds and deletes cached frames; see the module docstring."""
 
-    def __init__(self, root: Path, store: Store, ttl_s: float) -> None:
+    def __init__(
+        self, root: Path, store: Store, ttl_s: float, quotas: dict[str, int], default_quota: int
+    ) -> None:
         self.root = root
         self.store = store
         self.ttl = dt.timedelta(seconds=ttl_s)
+        self.quotas = quotas
+        self.default_quota = default_quota
         self.writes: dict[str, asyncio.Future[None]] = {}
+        # Bytes reserved by writes still running, per tenant and key.
+        self.reserved: dict[str, dict[str, int]] = {}
+        # Quota decisions of one tenant are made one at a time.
+        self.tenant_locks: dict[str, asyncio.Lock] = {}
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -63,7 +83,10 @@ class CacheStore:
     async def spill(
         self, tenant: str, session_id: str | None, table: pa.Table, lineage: dict[str, Any]
     ) -> str:
-        """A new key for ``table``; the Parquet write goes on in the background."""
+        """A new key for ``table``; the Parquet write goes on in the background.
+
+        Room is made within the tenant's quota first (``QuotaExceeded`` when there is none).
+        """
         key = str(uuid.uuid4())
         relative = self._path(tenant, key)
         now = _now()
@@ -82,16 +105,74 @@ class CacheStore:
             expires=now + self.ttl,
             lineage=lineage,
         )
-        await self._in_thread(self._insert, entry)
-        self.writes[key] = asyncio.ensure_future(self._write(key, relative, table))
+        need = reservation(table)
+        lock = self.tenant_locks.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            pending = sum(self.reserved.get(tenant, {}).values())
+            await self._in_thread(self._make_room, tenant, need, pending)
+            await self._in_thread(self._insert, entry)
+            self.reserved.setdefault(tenant, {})[key] = need
+        self.writes[key] = asyncio.ensure_future(self._write(tenant, key, relative, table))
         self.writes[key].add_done_callback(lambda _: self.writes.pop(key, None))
         return key
+
+    def quota(self, tenant: str) -> int:
+        return self.quotas.get(tenant, self.default_quota)
+
+    def _make_room(self, tenant: str, need: int, pending: int) -> None:
+        """Evict the tenant's least recently used ready keys until ``need`` more bytes fit."""
+        quota = self.quota(tenant)
+        if need > quota:
+            raise QuotaExceeded(
+                f"the frame needs about {need:,} bytes, more than this tenant's whole cache "
+                f"quota ({quota:,} bytes)"
+            )
+        with self.store.session() as db, db.begin():
+            used = db.scalar(
+                sa.select(sa.func.coalesce(sa.func.sum(CacheEntry.bytes), 0)).where(
+                    CacheEntry.tenant == tenant, CacheEntry.status == "ready"
+                )
+            )
+            over = int(used) + pending + need - quota
+            if over <= 0:
+                return
+            oldest_first = db.scalars(
+                sa.select(CacheEntry)
+                .where(CacheEntry.tenant == tenant, CacheEntry.status == "ready")
+                .order_by(CacheEntry.last_used, CacheEntry.created)
+            )
+            evicted = []
+            for entry in oldest_first:
+                if over <= 0:
+                    break
+                evicted.append(entry)
+                over -= entry.bytes or 0
+            if over > 0:
+                raise QuotaExceeded(
+                    f"the frame needs about {need:,} bytes and this tenant's cache quota "
+                    f"({quota:,} bytes) is taken by writes still running; try again shortly"
+                )
+            self._forget(db, evicted, "quota")
+        for entry in evicted:
+            self.path(entry).unlink(missing_ok=True)
+        log.info("cache quota of tenant %s: evicted %d keys", tenant, len(evicted))
+
+    def _forget(self, db: Any, entries: list[CacheEntry], reason: str) -> None:
+        """Delete ``entries`` from the index and record why (the files go after commit)."""
+        if not entries:
+            return
+        keys = [entry.key for entry in entries]
+        db.execute(sa.delete(CacheEntry).where(CacheEntry.key.in_(keys)))
+        now = _now()
+        db.add_all(
+            CacheEviction(key=e.key, tenant=e.tenant, reason=reason, at=now) for e in entries
+        )
 
     def _insert(self, entry: CacheEntry) -> None:
         with self.store.session() as db, db.begin():
             db.add(entry)
 
-    async def _write(self, key: str, relative: Path, table: pa.Table) -> None:
+    async def _write(self, tenant: str, key: str, relative: Path, table: pa.Table) -> None:
         path = self.root / relative
         try:
             size = await self._in_thread(_write_parquet, path, table)
@@ -99,6 +180,8 @@ class CacheStore:
             log.exception("cache write of %s failed", key)
             await self._in_thread(self._update, key, {"status": "failed"})
             return
+        finally:
+            self.reserved.get(tenant, {}).pop(key, None)
         await self._in_thread(self._update, key, {"status": "ready", "bytes": size})
 
     def _update(self, key: str, values: dict[str, Any]) -> None:
@@ -112,18 +195,27 @@ class CacheStore:
         if key in self.writes:
             await asyncio.shield(self.writes[key])
         entry = await self._in_thread(self._touch, tenant, key)
-        if entry is None:
-            raise NotFound(f"no cache key {key!r}")
         if entry.status == "failed":
             raise DataExecError(f"writing cache key {key} failed; run the step again")
         return entry
 
-    def _touch(self, tenant: str, key: str) -> CacheEntry | None:
+    def _touch(self, tenant: str, key: str) -> CacheEntry:
         with self.store.session() as db, db.begin():
             entry = db.get(CacheEntry, key)
             if entry is None or entry.tenant != tenant or _utc(entry.expires) < _now():
-                return None
+                eviction = db.scalar(
+                    sa.select(CacheEviction).where(
+                        CacheEviction.key == key, CacheEviction.tenant == tenant
+                    )
+                )
+                if eviction is None:
+                    raise NotFound(f"no cache key {key!r}")
+                raise NotFound(
+                    f"cache key {key} was removed ({EVICTION_REASONS[eviction.reason]}) at "
+                    f"{_iso(eviction.at)}"
+                )
             entry.last_used = _now()
+            db.flush()  # before expunge, which would drop the change
             db.expunge(entry)
             return entry
 
@@ -133,17 +225,51 @@ class CacheStore:
     async def delete(self, tenant: str, key: str) -> None:
         """Forget a key and remove its file."""
         entry = await self.entry(tenant, key)
-        await self._in_thread(self._delete, entry)
+        await self._in_thread(self._remove, [entry], "deleted")
 
-    def _delete(self, entry: CacheEntry) -> None:
+    def _remove(self, entries: list[CacheEntry], reason: str) -> None:
         with self.store.session() as db, db.begin():
-            db.execute(sa.delete(CacheEntry).where(CacheEntry.key == entry.key))
-        self.path(entry).unlink(missing_ok=True)
+            self._forget(db, entries, reason)
+        for entry in entries:
+            self.path(entry).unlink(missing_ok=True)
+
+    async def sweep(self) -> int:
+        """Remove keys past their TTL; return how many went."""
+        return await self._in_thread(self._sweep)
+
+    def _sweep(self) -> int:
+        with self.store.session() as db:
+            expired = list(
+                db.scalars(
+                    sa.select(CacheEntry).where(
+                        CacheEntry.expires < _now(), CacheEntry.status != "pending"
+                    )
+                )
+            )
+        self._remove(expired, "ttl")
+        return len(expired)
+
+    def recover(self) -> None:
+        """At start: a write a previous server left running never finished; mark it failed."""
+        with self.store.session() as db, db.begin():
+            db.execute(
+                sa.update(CacheEntry).where(CacheEntry.status == "pending").values(status="failed")
+            )
 
     async def close(self) -> None:
         """Let running writes finish."""
         if self.writes:
             await asyncio.gather(*list(self.writes.values()), return_exceptions=True)
+
+
+def reservation(table: pa.Table) -> int:
+    """Bytes to hold for ``table``'s Parquet file until it is written.
+
+    Its Arrow size and a quarter: incompressible data does not shrink, and a failed
+    dictionary encoding, page headers and statistics add to it (measured: +17 % for random
+    floats).
+    """
+    return table.nbytes + table.nbytes // 4 + 64 * 1024
 
 
 def _write_parquet(path: Path, table: pa.Table) -> int:
@@ -154,22 +280,22 @@ def _write_parquet(path: Path, table: pa.Table) -> int:
     return path.stat().st_size
 
 
+def _iso(value: dt.datetime) -> str:
+    return _utc(value).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 def describe(entry: CacheEntry) -> dict[str, Any]:
     """What ``GET /cache/{key}/meta`` shows."""
-
-    def iso(value: dt.datetime) -> str:
-        return _utc(value).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
     return {
         "cache_key": entry.key,
         "status": entry.status,
-        "session_id": entry.session_id,
+        "session_id": entry.lineage.get("session"),
         "row_count": entry.rows,
         "columns": entry.columns,
         "schema": entry.schema,
         "bytes": entry.bytes,
-        "created": iso(entry.created),
-        "last_used": iso(entry.last_used),
-        "expires": iso(entry.expires),
+        "created": _iso(entry.created),
+        "last_used": _iso(entry.last_used),
+        "expires": _iso(entry.expires),
         "lineage": entry.lineage,
     }

@@ -137,6 +137,22 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "cache_quota_bytes",
+        int,
+        10 * 1024 * MiB,
+        "Most bytes of Parquet one tenant may keep in the cache (checkpoints included); "
+        "past it the least recently used keys are evicted. A tenant may set its own.",
+        minimum=MiB,
+    ),
+    Setting(
+        "checkpoint_budget_bytes",
+        int,
+        512 * MiB,
+        "Most in-memory bytes of named DataFrames checkpointed per session (restored into a "
+        "fresh kernel when the old one is lost); 0 turns checkpoints off.",
+        minimum=0,
+    ),
+    Setting(
         "sql_timeout_s",
         float,
         100.0,
@@ -261,6 +277,13 @@ TENANT_SETTINGS: tuple[Setting, ...] = (
     Setting("tokens", list, [], "Bearer tokens of this tenant."),
     Setting("pools", list, ["default"], "Pools this tenant may use."),
     Setting("default_pool", str, "default", "Pool a session gets when it names none."),
+    Setting(
+        "cache_quota_bytes",
+        int,
+        0,
+        "This tenant's cache quota in bytes; 0 takes the server's cache_quota_bytes.",
+        minimum=0,
+    ),
 )
 
 # The replaced system's environment names and the setting each one feeds.
@@ -307,6 +330,7 @@ class TenantSettings:
     tokens: tuple[str, ...]
     pools: tuple[str, ...]
     default_pool: str
+    cache_quota_bytes: int = 0  # 0: the server's cache_quota_bytes
 
 
 @dataclass(frozen=True)
@@ -330,6 +354,8 @@ class Settings:
     store_url: str
     demo_data: bool
     cache_ttl_s: float
+    cache_quota_bytes: int
+    checkpoint_budget_bytes: int
     sql_timeout_s: float
     sql_max_result_bytes: int
     db_pool_size: int
@@ -362,6 +388,13 @@ class Settings:
     @property
     def token_file(self) -> Path:
         return self.state_dir / "token"
+
+    def cache_quotas(self) -> dict[str, int]:
+        """Each tenant's cache quota in bytes."""
+        return {
+            name: tenant.cache_quota_bytes or self.cache_quota_bytes
+            for name, tenant in self.tenants.items()
+        }
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -629,6 +662,7 @@ def _load_tenants(
             tokens=tuple(values["tokens"]),
             pools=tuple(values["pools"]),
             default_pool=values["default_pool"],
+            cache_quota_bytes=values["cache_quota_bytes"],
         )
     return tenants
 

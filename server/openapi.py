@@ -232,6 +232,27 @@ def openapi_document() -> dict[str, Any]:
                     "404",
                 ),
             },
+            "/sessions/{session_id}/restart": {
+                **with_id,
+                "post": _op(
+                    "Give the session a fresh kernel with its checkpointed frames restored "
+                    "(queued behind running steps): kernel_replaced, replaced_reason, "
+                    "restored_frames, unrestored_frames",
+                    ("200", {"type": "object"}),
+                    "404",
+                    "409",
+                    "503",
+                ),
+            },
+            "/sessions/{session_id}/variables": {
+                **with_id,
+                "get": _op(
+                    "The session's named DataFrames as its last checkpoint saw them: name, "
+                    "shape, dtypes, bytes, cache_key, restorable",
+                    ("200", {"type": "object"}),
+                    "404",
+                ),
+            },
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -20,6 +20,7 @@ from server.kernels.kernel import KernelLauncher
 from server.kernels.kerneldir import check_runtime_dir, install_kernel_lib
 from server.kernels.pool import KernelPool
 from server.kernels.sandbox import Sandbox
+from server.session_store import SessionStore
 from server.sessions import SessionManager
 from server.sql.database import QueryDatabase
 from server.sql.guard import check_query
@@ -72,6 +73,7 @@ class Runtime:
     async def start(self) -> None:
         """Check the sandbox, reap orphans, start the pools warming and the culler."""
         settings = self.settings
+        loop = asyncio.get_running_loop()
         check_runtime_dir(settings.runtime_dir)
         settings.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         self.sandbox = await choose_sandbox(settings)
@@ -81,14 +83,19 @@ class Runtime:
             log.info("removed %d kernels left by an earlier run", reaped)
         self.database = QueryDatabase(settings, await self._database_url())
         self.store = Store(self._store_url())
-        await asyncio.get_running_loop().run_in_executor(None, self.store.upgrade)
-        self.cache = CacheStore(settings.state_dir / "cache", self.store, settings.cache_ttl_s)
+        await loop.run_in_executor(None, self.store.upgrade)
+        self.cache = CacheStore(
+            settings.state_dir / "cache",
+            self.store,
+            settings.cache_ttl_s,
+            quotas=settings.cache_quotas(),
+            default_quota=settings.cache_quota_bytes,
+        )
+        await loop.run_in_executor(None, self.cache.recover)
         # Fails early on a dialect the guard cannot parse, and loads sqlglot (~0.1 s) now
         # rather than in the first query.
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                None, check_query, "SELECT 1", self.database.dialect
-            )
+            await loop.run_in_executor(None, check_query, "SELECT 1", self.database.dialect)
         except ValueError as exc:
             raise ConfigError([f"database_url: {exc}"]) from None
         broker = Broker(
@@ -97,7 +104,9 @@ class Runtime:
             kernel_gid=settings.kernel_uid,
             max_frame_bytes=settings.sql_max_result_bytes,
         )
-        self.sessions = SessionManager(settings, self.pools, broker, self.cache)
+        self.sessions = SessionManager(
+            settings, self.pools, broker, self.cache, SessionStore(self.store)
+        )
         lib_dir = install_kernel_lib(settings.runtime_dir)
         self.launcher = KernelLauncher(settings, self.sandbox, lib_dir, self.env)
         for name, pool_settings in settings.pools.items():
@@ -144,6 +153,9 @@ class Runtime:
             await asyncio.sleep(self.settings.cull_interval_s)
             try:
                 await self.sessions.cull()
+                swept = await self.cache.sweep()
+                if swept:
+                    log.info("cache: %d keys past their TTL removed", swept)
             except Exception:
                 log.exception("cull failed")
 

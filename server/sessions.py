@@ -6,20 +6,27 @@ ends. Requests to one session run one at a time, in arrival order; at most
 ``session_queue_size`` may wait behind the running one, past that ``SessionBusy``.
 
 A kernel can be lost (timeout that an interrupt did not end, output flood, memory kill,
-crash, idle culling): the session lives on, and its next request gets a fresh kernel and
-says ``kernel_replaced: true`` and why. ``execution_count`` runs on across replacements.
+crash, idle culling, a server restart): the session lives on. After each step, once the
+client has its answer, a checkpoint pass sends the session's named DataFrames that changed
+to the cache (within ``checkpoint_budget_bytes``) and the step is written to the store. The
+next request after a loss gets a fresh kernel with those frames loaded back, and says
+``kernel_replaced: true``, why, and ``restored_frames``. ``execution_count`` runs on across
+replacements. Sessions and their steps live in the store (``server.session_store``), so
+they outlive the server too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -36,15 +43,19 @@ from server.errors import (
     KernelDied,
     NotFound,
     OutputTooLarge,
+    QuotaExceeded,
     SessionBusy,
     SqlNotAllowed,
     ValidationError,
 )
+from server.history import ExecutionRecord, FrameRecord
 from server.kernels.kernel import Kernel
 from server.kernels.pool import KernelPool
 from server.results import table_result
+from server.session_store import SessionStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 RESULT_EXPRESSION = "__dataexec__.result({max_rows})"
@@ -56,17 +67,22 @@ KERNEL_ERRORS: dict[str, type[DataExecError]] = {
     "ResultTooLarge": OutputTooLarge,
     "DatabaseUnavailable": DatabaseUnavailable,
     "CacheKeyNotFound": NotFound,
+    "QuotaExceeded": QuotaExceeded,
 }
 
 
 @dataclass(frozen=True)
 class ExecutionRequest:
-    """One request to run code: Python, or SQL (run as ``%%sql name`` in a session)."""
+    """One request to run code: Python, or SQL (run as ``%%sql name`` in a session).
+
+    ``kind`` is ``execute`` or ``execute_on_data`` (whose ``code`` is the prepared cell).
+    """
 
     code: str
     max_rows: int
     language: str = "python"
     result_name: str | None = None
+    kind: str = "execute"
 
     def kernel_code(self, execution_count: int) -> str:
         """What the kernel runs: the code itself, or the ``%%sql`` cell of the query."""
@@ -77,22 +93,27 @@ class ExecutionRequest:
     def sql_name(self, execution_count: int) -> str:
         return self.result_name or f"df_{execution_count}"
 
+    def lineage(self, execution_count: int) -> dict[str, Any]:
+        """What produced the frames of this step, for their cache keys."""
+        source = {"sql": self.code} if self.language == "sql" else {"code": self.code}
+        return {**source, "execution_count": execution_count}
 
-@dataclass
-class HistoryEntry:
-    """One execution as the session remembers it (for listing and notebook export)."""
 
-    execution_count: int
-    code: str
-    started: float
-    language: str = "python"
-    result_name: str | None = None
-    status: str = "running"
-    elapsed_ms: float = 0.0
-    outputs: list[dict[str, Any]] = field(default_factory=list)
-    error_type: str | None = None
-    row_count: int | None = None
-    kernel_replaced: str | None = None
+@dataclass(frozen=True)
+class Replacement:
+    """A session got a fresh kernel: why, and which frames came back into it."""
+
+    reason: str
+    restored: list[str]
+    failed: dict[str, str]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kernel_replaced": True,
+            "replaced_reason": self.reason,
+            "restored_frames": self.restored,
+            "unrestored_frames": self.failed,
+        }
 
 
 @dataclass
@@ -107,11 +128,21 @@ class Session:
     last_activity: float = field(default_factory=time.time)
     execution_count: int = 0
     kernel: Kernel | None = None
+    caller: Caller | None = None
     lost_reason: str | None = None  # why the last kernel went, until a new one serves
-    history: list[HistoryEntry] = field(default_factory=list)
+    # A replacement done outside a step (restart) that the next step's record shows.
+    replacement: Replacement | None = None
+    frames: dict[str, FrameRecord] = field(default_factory=dict)
+    frames_as_of: int = 0  # the execution count after which they were last checkpointed
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiting: int = 0
-    running: HistoryEntry | None = None
+    running: ExecutionRecord | None = None
+    after_step: asyncio.Future[None] | None = None  # checkpoint and store write
+
+    @property
+    def persistent(self) -> bool:
+        """Throwaway sessions (no client id) are neither stored nor checkpointed."""
+        return bool(self.client_id)
 
     def describe(self) -> dict[str, Any]:
         """The session as ``GET /sessions/{id}`` shows it."""
@@ -133,11 +164,16 @@ class Session:
             "last_activity": _iso(self.last_activity),
             "execution_count": self.execution_count,
             "queued": self.waiting,
+            "frames": sorted(self.frames),
         }
 
 
 def _iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 class SessionManager:
@@ -149,13 +185,18 @@ class SessionManager:
         pools: Mapping[str, KernelPool],
         broker: Broker,
         cache: CacheStore,
+        records: SessionStore,
     ) -> None:
         self.settings = settings
         self.pools = pools
         self.broker = broker
         self.cache = cache
+        self.records = records
         self.sessions: dict[tuple[str, str], Session] = {}
         self.throwaway_running = 0
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     # --- lookup and lifecycle -------------------------------------------------------------
 
@@ -173,48 +214,97 @@ class SessionManager:
             raise ValidationError("session_id must be 1-128 characters of A-Z a-z 0-9 . _ -")
         return client_id
 
-    def get(self, tenant: TenantSettings, client_id: str) -> Session:
+    async def _find(self, tenant: TenantSettings, client_id: str) -> Session | None:
+        """The session in memory, else from the store (after a restart: no kernel yet)."""
         session = self.sessions.get((tenant.name, client_id))
+        if session is not None or not SESSION_ID.match(client_id):
+            return session
+        stored = await self._in_thread(
+            self.records.find, tenant.name, client_id, self.settings.session_ttl_s
+        )
+        if stored is None:
+            return None
+        session = self.sessions.get((tenant.name, client_id))  # found meanwhile
+        if session is None:
+            pool = self.pools.get(stored.pool) or self._pool_for(tenant, None)
+            session = Session(
+                tenant=tenant.name,
+                client_id=client_id,
+                pool=pool,
+                id=stored.id,
+                created=stored.created.timestamp(),
+                last_activity=stored.last_activity.timestamp(),
+                execution_count=stored.execution_count,
+                frames_as_of=stored.execution_count,
+                lost_reason="server_restart" if stored.execution_count else None,
+                frames={f.name: f for f in stored.frames},
+            )
+            self.sessions[(tenant.name, client_id)] = session
+        return session
+
+    async def get(self, tenant: TenantSettings, client_id: str) -> Session:
+        session = await self._find(tenant, client_id)
         if session is None:
             raise NotFound(f"no session {client_id!r}")
         return session
 
-    def list(self, tenant: TenantSettings) -> list[Session]:
-        return [s for (t, _), s in self.sessions.items() if t == tenant.name]
+    async def list(self, tenant: TenantSettings) -> list[Session]:
+        ids = await self._in_thread(
+            self.records.active_ids, tenant.name, self.settings.session_ttl_s
+        )
+        found = [await self._find(tenant, client_id) for client_id in ids]
+        return [s for s in found if s is not None]
+
+    async def _new(self, tenant: TenantSettings, client_id: str, pool: str | None) -> Session:
+        session = Session(
+            tenant=tenant.name, client_id=client_id, pool=self._pool_for(tenant, pool)
+        )
+        self.sessions[(tenant.name, client_id)] = session
+        try:
+            await self._in_thread(
+                self.records.create, session.id, tenant.name, client_id, session.pool.name
+            )
+        except Exception:
+            self.sessions.pop((tenant.name, client_id), None)
+            raise
+        return session
 
     async def create(
         self, tenant: TenantSettings, client_id: str | None = None, pool: str | None = None
     ) -> Session:
         """A new session with a kernel from its pool; Conflict when the id is taken."""
         client_id = self.check_id(client_id) if client_id is not None else uuid.uuid4().hex
-        if (tenant.name, client_id) in self.sessions:
+        if await self._find(tenant, client_id) is not None:
             raise Conflict(f"session {client_id!r} already exists")
-        session = Session(
-            tenant=tenant.name, client_id=client_id, pool=self._pool_for(tenant, pool)
-        )
-        self.sessions[(tenant.name, client_id)] = session
+        session = await self._new(tenant, client_id, pool)
         try:
             async with session.lock:
                 await self._ensure_kernel(session)
         except BaseException:
             self.sessions.pop((tenant.name, client_id), None)
+            await self._in_thread(self.records.end, session.id, "deleted")
             raise
         return session
 
-    def get_or_create(self, tenant: TenantSettings, client_id: str) -> Session:
+    async def get_or_create(self, tenant: TenantSettings, client_id: str) -> Session:
         """The session with this id, created (without a kernel yet) on first use."""
-        key = (tenant.name, self.check_id(client_id))
-        if key not in self.sessions:
-            self.sessions[key] = Session(
-                tenant=tenant.name, client_id=client_id, pool=self._pool_for(tenant, None)
-            )
-        return self.sessions[key]
+        session = await self._find(tenant, self.check_id(client_id))
+        if session is None:
+            session = await self._new(tenant, client_id, None)
+        return session
 
     async def delete(self, tenant: TenantSettings, client_id: str) -> None:
-        """End a session now: a running cell is interrupted and its kernel destroyed."""
-        session = self.get(tenant, client_id)
-        del self.sessions[(tenant.name, client_id)]
-        self._drop_kernel(session, "session_deleted")
+        """End a session now: a running cell is interrupted and its kernel destroyed.
+
+        Its history and cache keys stay in the store (keys live to their own TTL).
+        """
+        session = await self.get(tenant, client_id)
+        await self._end(session, "deleted")
+
+    async def _end(self, session: Session, state: str) -> None:
+        self.sessions.pop((session.tenant, session.client_id), None)
+        self._drop_kernel(session, f"session_{state}")
+        await self._in_thread(self.records.end, session.id, state)
 
     def _drop_kernel(self, session: Session, reason: str) -> None:
         kernel, session.kernel = session.kernel, None
@@ -223,8 +313,12 @@ class SessionManager:
             kernel.lost = kernel.lost or reason
             session.pool.release(kernel)
 
-    async def _ensure_kernel(self, session: Session) -> str | None:
-        """Give the session a live kernel; return why its previous one was replaced, if it was."""
+    async def _ensure_kernel(self, session: Session) -> Replacement | None:
+        """Give the session a live kernel; say why the previous one was replaced, if it was.
+
+        A fresh kernel of a session that had one gets the session's checkpointed frames
+        back before anything runs in it.
+        """
         kernel = session.kernel
         if kernel is not None and not await kernel.usable():
             reason = kernel.lost or (
@@ -232,23 +326,101 @@ class SessionManager:
             )
             self._drop_kernel(session, reason)
             session.lost_reason = reason
-        if session.kernel is None:
-            kernel = await session.pool.acquire()
-            caller = Caller(session.tenant, session.client_id, kernel.kernel_id)
-            try:
-                await self.broker.attach(kernel.kernel_dir.srv, caller)
-            except BaseException:
-                session.pool.release(kernel)
-                raise
-            session.kernel = kernel
-            replaced, session.lost_reason = session.lost_reason, None
-            return replaced
-        return None
+        if session.kernel is not None:
+            return None
+        kernel = await session.pool.acquire()
+        caller = Caller(session.tenant, session.client_id, kernel.kernel_id, store_id=None)
+        if session.persistent:
+            caller.store_id = session.id
+        try:
+            await self.broker.attach(kernel.kernel_dir.srv, caller)
+        except BaseException:
+            session.pool.release(kernel)
+            raise
+        session.kernel, session.caller = kernel, caller
+        reason, session.lost_reason = session.lost_reason, None
+        if reason is None:
+            return None
+        restored, failed = await self._restore(session, kernel)
+        return Replacement(reason, restored, failed)
+
+    async def _restore(self, session: Session, kernel: Kernel) -> tuple[list[str], dict[str, str]]:
+        """Load the session's checkpoints into ``kernel``; which came back, which did not."""
+        keys = {f.name: f.cache_key for f in session.frames.values() if f.cache_key}
+        failed = {
+            f.name: f.note or "never checkpointed"
+            for f in session.frames.values()
+            if not f.cache_key
+        }
+        if not keys:
+            return [], failed
+        answer = await self._ask_kernel(kernel, f"__dataexec__.restore({keys!r})")
+        for name, why in answer["failed"].items():
+            failed[name] = why
+        for name in failed:
+            session.frames.pop(name, None)
+        return answer["restored"], failed
+
+    async def _ask_kernel(self, kernel: Kernel, expression: str) -> dict[str, Any]:
+        """Evaluate one helper call silently (no history, no count) and decode its JSON."""
+        execution = await kernel.run(
+            "", {"dataexec": expression}, self.settings.output_limit_bytes, silent=True
+        )
+        captured = execution.user_expressions.get("dataexec", {})
+        if captured.get("status") != "ok":
+            raise KernelDied(f"the kernel failed a helper call: {captured.get('evalue', '')}")
+        return orjson.loads(captured["data"][RESULT_MIMETYPE])
+
+    async def restart(self, session: Session) -> dict[str, Any]:
+        """A fresh kernel on purpose, with the session's frames restored (queues like a step)."""
+        async with self._turn(session):
+            await self._settled(session)
+            self._drop_kernel(session, "restart")
+            session.lost_reason = "restart"
+            replacement = await self._ensure_kernel(session)
+            assert replacement is not None
+            session.replacement = replacement
+            session.last_activity = time.time()
+        return {"session_id": session.client_id, **replacement.describe()}
+
+    async def variables(self, session: Session) -> dict[str, Any]:
+        """The session's named frames as its last checkpoint pass saw them.
+
+        Between steps that is after the last step (its pass is awaited); while a step runs,
+        before it.
+        """
+        if session.running is None:
+            await self._settled(session)
+        frames = [
+            {
+                "name": f.name,
+                "shape": [f.rows, len(f.columns)],
+                "dtypes": f.dtypes,
+                "bytes": f.bytes,
+                "cache_key": f.cache_key,
+                "restorable": f.cache_key is not None,
+                "note": f.note,
+            }
+            for f in sorted(session.frames.values(), key=lambda f: f.name)
+        ]
+        return {
+            "session_id": session.client_id,
+            "in_kernel": session.kernel is not None,
+            "as_of_execution_count": session.frames_as_of,
+            "checkpoint_budget_bytes": self.settings.checkpoint_budget_bytes,
+            "frames": frames,
+        }
+
+    async def history(self, session: Session) -> list[ExecutionRecord]:
+        """The session's recorded steps, in order (waits for the last one's write)."""
+        await self._settled(session)
+        return await self._in_thread(self.records.history, session.id)
 
     # --- execution ---------------------------------------------------------------------
 
-    async def execute(self, session: Session, request: ExecutionRequest) -> dict[str, Any]:
-        """Run a request in the session, in order behind earlier requests."""
+    @contextlib.asynccontextmanager
+    async def _turn(self, session: Session) -> AsyncIterator[None]:
+        """The session's lock, in arrival order, with a bounded queue."""
         if session.lock.locked() and session.waiting >= self.settings.session_queue_size:
             raise SessionBusy(
                 f"session {session.client_id!r} already has {session.waiting} requests waiting",
@@ -260,10 +432,68 @@ class SessionManager:
         finally:
             session.waiting -= 1
         try:
-            return await self._run(session, request)
+            yield
         finally:
-            session.last_activity = time.time()
             session.lock.release()
+
+    async def _settled(self, session: Session) -> None:
+        """Wait for the previous step's checkpoint and store write."""
+        if session.after_step is not None:
+            await asyncio.shield(session.after_step)
+
+    async def execute(self, session: Session, request: ExecutionRequest) -> dict[str, Any]:
+        """Run a request in the session, in order behind earlier requests."""
+        async with self._turn(session):
+            await self._settled(session)
+            try:
+                return await self._run(session, request)
+            finally:
+                session.last_activity = time.time()
+                record, session.running = session.running, None
+                if record is not None and session.persistent:
+                    session.after_step = asyncio.ensure_future(self._after_step(session, record))
+
+    async def _after_step(self, session: Session, record: ExecutionRecord) -> None:
+        """Checkpoint the session's frames and write the step; runs after the answer."""
+        frames = None
+        try:
+            kernel = session.kernel
+            if kernel is not None and await kernel.usable():
+                frames = await self._checkpoint(session, kernel)
+        except Exception as exc:  # the step's answer is out; keep the session going
+            log.warning("session %s: checkpoint failed: %s", session.id, exc)
+        try:
+            await self._in_thread(
+                self.records.record_step, session.id, record, frames, session.lost_reason
+            )
+        except Exception:
+            log.exception(
+                "session %s: recording step %d failed", session.id, record.execution_count
+            )
+
+    async def _checkpoint(self, session: Session, kernel: Kernel) -> list[FrameRecord]:
+        budget = self.settings.checkpoint_budget_bytes
+        answer = await self._ask_kernel(kernel, f"__dataexec__.checkpoint({budget})")
+        now = _now()
+        previous = session.frames
+        frames = [
+            FrameRecord(
+                name=f["name"],
+                rows=f["rows"],
+                columns=f["columns"],
+                dtypes=f["dtypes"],
+                bytes=f["bytes"],
+                cache_key=f["cache_key"],
+                updated=now
+                if f["changed"] or f["name"] not in previous
+                else previous[f["name"]].updated,
+                note=f["note"],
+            )
+            for f in answer["frames"]
+        ]
+        session.frames = {f.name: f for f in frames}
+        session.frames_as_of = session.execution_count
+        return frames
 
     async def run_once(self, tenant: TenantSettings, request: ExecutionRequest) -> dict[str, Any]:
         """Run a request without a session: SQL in the server, Python in a throwaway kernel."""
@@ -284,74 +514,93 @@ class SessionManager:
         self, tenant: TenantSettings, request: ExecutionRequest
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        table = await self.broker.query_table(Caller(tenant.name, "", ""), request.code)
+        caller = Caller(tenant.name, "", "")
+        table = await self.broker.query_table(caller, request.code)
         result = table_result(table, request.max_rows)
         result["metadata"]["execution_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        key = await self.cache.spill(tenant.name, None, table, {"sql": request.code, "inputs": {}})
+        caller.begin_step({"sql": request.code})
+        key = await self.cache.spill(tenant.name, None, table, caller.lineage("result", None))
         result.update(
             session_id=None, execution_count=None, kernel_replaced=False, outputs=[], cache_key=key
         )
         return result
 
     async def _run(self, session: Session, request: ExecutionRequest) -> dict[str, Any]:
-        replaced = await self._ensure_kernel(session)
-        kernel = session.kernel
-        assert kernel is not None
+        replacement = await self._ensure_kernel(session)
+        kernel, caller = session.kernel, session.caller
+        assert kernel is not None and caller is not None
         session.execution_count += 1
         count = session.execution_count
-        entry = HistoryEntry(
+        shown = replacement or session.replacement
+        session.replacement = None
+        record = ExecutionRecord(
             execution_count=count,
-            code=request.code,
-            started=time.time(),
             language=request.language,
+            code=request.code,
+            cell=request.kernel_code(count),
+            started=_now(),
+            kind=request.kind,
             result_name=request.sql_name(count) if request.language == "sql" else None,
-            kernel_replaced=replaced,
+            kernel_replaced=shown.reason if shown else None,
+            restored_frames=shown.restored if shown else [],
         )
-        session.history.append(entry)
-        session.running = entry
+        session.running = record
+        caller.begin_step(request.lineage(count))
         context: dict[str, Any] = {
             "session_id": session.client_id or None,
             "execution_count": count,
-            "kernel_replaced": replaced is not None,
+            "kernel_replaced": replacement is not None,
         }
+        if replacement is not None:
+            context.update(replacement.describe())
         try:
             execution = await kernel.run(
-                request.kernel_code(count),
+                record.cell,
                 {"dataexec": RESULT_EXPRESSION.format(max_rows=request.max_rows)},
                 self.settings.output_limit_bytes,
             )
         except DataExecError as exc:
-            entry.status, entry.error_type = "failed", exc.type
+            record.status, record.error_type = "failed", exc.type
+            record.error = {"message": exc.message}
             self._forget_lost_kernel(session, kernel)
             exc.extra.update(context)
             raise
         except asyncio.CancelledError:
-            entry.status = "cancelled"
+            record.status = "cancelled"
             self._forget_lost_kernel(session, kernel)
             raise
-        finally:
-            session.running = None
-        entry.elapsed_ms = execution.elapsed_ms
-        entry.outputs = execution.outputs
+        record.elapsed_ms = execution.elapsed_ms
+        record.outputs = execution.outputs
         if execution.status != "ok":
             error = execution.error or {"ename": "Aborted", "evalue": "aborted", "traceback": []}
             kind = KERNEL_ERRORS.get(error["ename"], ExecutionError)
-            entry.status, entry.error_type = "failed", kind.type
             message = (
                 error["evalue"]
                 if kind is not ExecutionError
                 else (f"{error['ename']}: {error['evalue']}")
             )
+            record.status, record.error_type = "failed", kind.type
+            record.error = {"message": message, "ename": error["ename"], "evalue": error["evalue"]}
             raise kind(message, **error, outputs=execution.outputs, **context)
-        entry.status = "ok"
         result = _result_payload(execution.user_expressions)
-        entry.row_count = result["metadata"]["row_count"]
+        cache_error = result.pop("cache_error", None)
+        if cache_error and cache_error["type"] == QuotaExceeded.type:
+            record.status, record.error_type = "failed", QuotaExceeded.type
+            record.error = {"message": cache_error["message"]}
+            raise QuotaExceeded(
+                f"{cache_error['message']}; the result is in the kernel but has no cache key",
+                outputs=execution.outputs,
+                **context,
+            )
+        record.status = "ok"
+        record.row_count = result["metadata"]["row_count"]
+        record.cache_key = result["cache_key"]
         result["metadata"]["execution_time_ms"] = round(execution.elapsed_ms, 3)
+        if cache_error:
+            result["metadata"]["cache_error"] = cache_error["message"]
         result.update(context, outputs=execution.outputs)
-        if entry.result_name is not None:
-            result["result_name"] = entry.result_name
-        if replaced is not None:
-            result.update(replaced_reason=replaced, restored_frames=[])
+        if record.result_name is not None:
+            result["result_name"] = record.result_name
         return result
 
     def _forget_lost_kernel(self, session: Session, kernel: Kernel) -> None:
@@ -372,13 +621,12 @@ class SessionManager:
     async def cull(self) -> None:
         """Cull idle kernels and expire idle sessions; logged with the rule that fired."""
         now = time.time()
-        for key, session in list(self.sessions.items()):
+        for session in list(self.sessions.values()):
             idle_for = now - session.last_activity
             is_idle = not session.lock.locked() and session.waiting == 0
             if is_idle and idle_for > self.settings.session_ttl_s:
                 log.info("session %s expired (idle %.0f s > ttl)", session.id, idle_for)
-                del self.sessions[key]
-                self._drop_kernel(session, "session_expired")
+                await self._end(session, "expired")
             elif is_idle and session.kernel and idle_for > session.pool.settings.idle_timeout_s:
                 log.info("session %s: kernel culled (idle %.0f s)", session.id, idle_for)
                 self._drop_kernel(session, "culled")
@@ -387,7 +635,10 @@ class SessionManager:
             await pool.check_idle()
 
     def busy(self) -> bool:
-        return self.throwaway_running > 0 or any(s.lock.locked() for s in self.sessions.values())
+        return self.throwaway_running > 0 or any(
+            s.lock.locked() or (s.after_step is not None and not s.after_step.done())
+            for s in self.sessions.values()
+        )
 
     async def close(self, grace: float) -> None:
         """Let running cells finish up to ``grace`` seconds, then destroy every kernel."""
@@ -421,4 +672,5 @@ def _result_payload(user_expressions: dict[str, Any]) -> dict[str, Any]:
         },
         "data": {"columns": payload["columns"], "rows": payload["rows"]},
         "cache_key": payload.get("cache_key"),
+        "cache_error": payload.get("cache_error"),
     }

@@ -9,6 +9,7 @@ Tables, one model each:
     sessions         one row per (tenant, client id); ``id`` is the internal UUID used on
                      disk and in container labels, never the client's string
     executions       one row per cell run in a session (history, notebook export)
+    session_frames   a session's named DataFrames and their checkpoint keys
     cache_entries    the index of cached result frames; ``key`` is the UUID4 a client sees,
                      ``path`` is relative to the cache dir and built from the key only
     cache_evictions  why and when a key went away (so a read of it can say so)
@@ -79,6 +80,8 @@ class SessionRow(Base):
     last_activity: Mapped[datetime]
     execution_count: Mapped[int] = mapped_column(sa.Integer, default=0)
     state: Mapped[str] = mapped_column(sa.String(16))
+    # Why the session's last kernel went, until a new one serves it.
+    lost_reason: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class ExecutionRow(Base):
@@ -102,6 +105,29 @@ class ExecutionRow(Base):
     row_count: Mapped[int | None] = mapped_column(sa.BigInteger)
     cache_key: Mapped[str | None] = mapped_column(sa.String(UUID_LEN))
     kernel_replaced: Mapped[str | None] = mapped_column(sa.Text)
+    kind: Mapped[str] = mapped_column(sa.String(32), server_default="execute")
+    cell: Mapped[str | None] = mapped_column(sa.Text)  # what the kernel ran
+    error: Mapped[dict[str, Any] | None]
+    restored_frames: Mapped[list[Any] | None]
+    outputs: Mapped[list[Any] | None]
+
+
+class FrameRow(Base):
+    """A named DataFrame of a session and its checkpoint key (None: over the budget)."""
+
+    __tablename__ = "session_frames"
+
+    session_id: Mapped[str] = mapped_column(
+        sa.String(UUID_LEN), sa.ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(sa.String(NAME_LEN), primary_key=True)
+    cache_key: Mapped[str | None] = mapped_column(sa.String(UUID_LEN))
+    rows: Mapped[int] = mapped_column(sa.BigInteger)
+    columns: Mapped[list[Any]]
+    dtypes: Mapped[dict[str, Any]]
+    bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    updated: Mapped[datetime]
+    note: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class CacheEntry(Base):

@@ -252,7 +252,7 @@ async def test_delete_ends_the_session_and_its_kernel(
     api: RunningServer, client: httpx.AsyncClient, session_id: str
 ) -> None:
     await ok(client, session_id, "a = 1")
-    kernel = api.runtime.sessions.get(api.settings.tenants["acme"], session_id).kernel
+    kernel = (await api.runtime.sessions.get(api.settings.tenants["acme"], session_id)).kernel
     assert kernel is not None
     response = await client.delete(f"/sessions/{session_id}")
     assert response.status_code == 204

@@ -17,7 +17,7 @@ async def test_a_kernel_is_never_handed_to_a_second_session(
         name = f"reuse-{round_}"
         assert await value_of(client, name, "import builtins; hasattr(builtins, 'leak')") is False
         await ok(client, name, "import builtins; builtins.leak = 'from an earlier session'")
-        kernel = api.runtime.sessions.get(tenant, name).kernel
+        kernel = (await api.runtime.sessions.get(tenant, name)).kernel
         assert kernel is not None and kernel.kernel_id not in seen
         seen.add(kernel.kernel_id)
         await client.delete(f"/sessions/{name}")

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from server.sql.embedded import STORE_DATABASE, EmbeddedPostgres
 from server.store import Base, CacheEntry, CacheEviction, ExecutionRow, SessionRow, Store
 
-TABLES = {"sessions", "executions", "cache_entries", "cache_evictions"}
+TABLES = {"sessions", "executions", "session_frames", "cache_entries", "cache_evictions"}
 
 
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
@@ -86,7 +86,7 @@ def test_upgrade_creates_the_tables(store: Store) -> None:
 def test_alembic_version_is_at_head(store: Store) -> None:
     head = ScriptDirectory.from_config(store.alembic_config()).get_current_head()
     with store.engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == head == "0001"
+        assert MigrationContext.configure(conn).get_current_revision() == head == "0002"
 
 
 def test_second_upgrade_changes_nothing(store: Store) -> None:

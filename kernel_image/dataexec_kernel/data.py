@@ -1,8 +1,13 @@
-"""Data inside a kernel: ``sql()``, ``conn`` and ``%%sql``, all through the broker.
+"""Data in a kernel: ``sql()``, ``load()``, ``save()``, ``conn`` and ``%%sql``.
 
-The kernel holds no database credentials and has no network: every query goes over the
-broker's unix socket (``$DATAEXEC_BROKER``), which checks it, runs it read-only on the
-server's connection pool and streams the result back as Arrow record batches.
+Inside a DataExec kernel everything goes through the broker: the kernel holds no database
+credentials and has no network, so every query goes over the broker's unix socket
+(``$DATAEXEC_BROKER``), which checks it, runs it read-only on the server's connection pool
+and streams the result back as Arrow record batches.
+
+Outside DataExec (a plain Jupyter kernel, a script) the same functions go to whatever
+``dataexec_kernel.client`` is configured with: a DataExec server over HTTP, or a database
+directly. Which one is decided at each call, so configuring after ``%load_ext`` works.
 
 ``conn`` is what ``pd.read_sql(query, conn)`` needs: pandas recognises an ADBC connection
 and reads Arrow from it, so the fast path holds there too, with no warning.
@@ -21,9 +26,15 @@ DEFAULT_BROKER = "/dataexec/srv/broker.sock"
 
 
 class DataExecError(Exception):
-    """A request to the broker failed; ``type`` is the server's error type."""
+    """A request to the broker failed; ``type`` is the server's error type.
+
+    Over HTTP (outside DataExec kernels) ``status`` is the HTTP status and ``detail`` the
+    answer's whole ``detail`` object.
+    """
 
     type = "INTERNAL"
+    status: int | None = None
+    detail: dict[str, Any] | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -54,6 +65,42 @@ class CacheKeyNotFound(DataExecError):
     type = "NOT_FOUND"
 
 
+class QuotaExceeded(DataExecError):
+    type = "QUOTA_EXCEEDED"
+
+
+class AuthenticationFailed(DataExecError):
+    """The DataExec server refused the token (outside DataExec kernels only)."""
+
+    type = "UNAUTHORIZED"
+
+
+class PermissionDenied(DataExecError):
+    type = "FORBIDDEN"
+
+
+class InvalidRequest(DataExecError):
+    type = "VALIDATION_ERROR"
+
+
+class ServerUnavailable(DataExecError):
+    """The DataExec server could not be reached, or is out of capacity for now."""
+
+    type = "UNAVAILABLE"
+
+
+class NotConfigured(DataExecError):
+    """Neither a DataExec kernel, a DataExec URL nor a database URL is configured."""
+
+    type = "NOT_CONFIGURED"
+
+
+class Unsupported(DataExecError, NotImplementedError):
+    """What the configured connection cannot do (yet), e.g. ``save()`` over HTTP."""
+
+    type = "NOT_SUPPORTED"
+
+
 ERRORS = {
     cls.type: cls
     for cls in (
@@ -63,7 +110,20 @@ ERRORS = {
         DatabaseUnavailable,
         DatabaseError,
         CacheKeyNotFound,
+        QuotaExceeded,
     )
+}
+
+
+# The server's HTTP error types: the broker's, plus what only HTTP answers. Kept apart so that
+# errors inside DataExec kernels keep the exception classes (and so the ``ename``) they had.
+HTTP_ERRORS = {
+    **ERRORS,
+    **{
+        cls.type: cls
+        for cls in (AuthenticationFailed, PermissionDenied, InvalidRequest, ServerUnavailable)
+    },
+    "CAPACITY": ServerUnavailable,
 }
 
 
@@ -96,22 +156,33 @@ def _send_frame(sock: socket.socket, document: dict[str, Any], payload: bytes = 
     sock.sendall(FRAME.pack(len(body)) + body + payload)
 
 
-def put_frame(frame: Any) -> str:
-    """Send a result DataFrame to the server's cache as Arrow; return its cache key."""
+def arrow_table(frame: Any) -> Any:
+    """A DataFrame as a pyarrow Table (mixed-type object columns kept, as text)."""
     import pyarrow as pa
 
     try:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+        return pa.Table.from_pandas(frame, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-        # Mixed-type object columns: keep them, as text.
         loose = [c for c in frame.columns if frame[c].dtype == object]
-        table = pa.Table.from_pandas(frame.astype({c: str for c in loose}), preserve_index=False)
+        return pa.Table.from_pandas(frame.astype({c: str for c in loose}), preserve_index=False)
+
+
+def put_frame(frame: Any, kind: str = "result", name: str | None = None) -> str:
+    """Send a DataFrame to the server's cache as Arrow; return its cache key.
+
+    ``kind`` says why (``result``, ``save``, ``checkpoint``) and ``name`` what the frame is
+    called; both go into the key's lineage.
+    """
+    import pyarrow as pa
+
+    table = arrow_table(frame)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     body = sink.getvalue()
+    request = {"op": "put", "bytes": body.size, "kind": kind, "name": name}
     with _connect() as sock:
-        _send_frame(sock, {"op": "put", "bytes": body.size}, body.to_pybytes())
+        _send_frame(sock, request, body.to_pybytes())
         with sock.makefile("rb") as stream:
             answer = _read_frame(stream)
     if not answer["ok"]:
@@ -119,10 +190,39 @@ def put_frame(frame: Any) -> str:
     return str(answer["cache_key"])
 
 
+def _client() -> Any:
+    """None inside a DataExec kernel (the broker answers), else the configured client.
+
+    Raises NotConfigured, saying how to configure one, when there is nothing to talk to.
+    """
+    from dataexec_kernel import client
+
+    return client.current()
+
+
+def save(frame: Any, name: str | None = None) -> str:
+    """Keep ``frame`` in the cache and return its key (usable by ``load`` and downloads)."""
+    import pandas as pd
+
+    if isinstance(frame, pd.Series):
+        frame = frame.to_frame()
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"save() takes a DataFrame, not {type(frame).__name__}")
+    if name is not None and not isinstance(name, str):
+        raise TypeError("save(): name must be a string")
+    remote = _client()
+    if remote is not None:
+        return str(remote.save(frame, name))
+    return put_frame(frame, "save", name)
+
+
 def fetch_arrow(query: str, params: dict[str, Any] | None = None) -> Any:
-    """Run ``query`` through the broker and return its result as a pyarrow Table."""
+    """Run ``query`` (through the broker in DataExec) and return its result as a pyarrow Table."""
     if not isinstance(query, str):
         raise TypeError("sql() takes the query as a string")
+    remote = _client()
+    if remote is not None:
+        return remote.fetch_arrow(query, params)
     return _fetch({"op": "sql", "query": query, "params": params})
 
 
@@ -130,6 +230,9 @@ def load(key: str) -> Any:
     """The cached frame of ``key`` (of this tenant) as a DataFrame."""
     if not isinstance(key, str):
         raise TypeError("load() takes a cache key string")
+    remote = _client()
+    if remote is not None:
+        return remote.load(key).to_pandas()
     return _fetch({"op": "load", "key": key}).to_pandas()
 
 
@@ -155,9 +258,23 @@ def sql(query: str, params: dict[str, Any] | None = None) -> Any:
     return fetch_arrow(query, params).to_pandas()
 
 
+def _connection_base() -> type:
+    """ADBC's connection class when installed (so pandas takes its Arrow path), else object.
+
+    Inside DataExec kernels ADBC is always there. Without it (a plain environment)
+    ``pd.read_sql(q, conn)`` still works, through pandas' generic DB-API path, with its
+    warning that only SQLAlchemy, ADBC and sqlite3 connections are tested.
+    """
+    try:
+        from adbc_driver_manager import dbapi
+    except ImportError:
+        return object
+    return dbapi.Connection  # type: ignore[no-any-return]
+
+
 def _connection_class() -> type:
     """An ADBC-compatible connection class (so pandas takes its Arrow path)."""
-    from adbc_driver_manager import dbapi
+    base = _connection_base()
 
     class BrokerCursor:
         def __init__(self) -> None:
@@ -185,7 +302,7 @@ def _connection_class() -> type:
         def __exit__(self, *exc: Any) -> None:
             self.close()
 
-    class BrokerConnection(dbapi.Connection):  # type: ignore[misc]
+    class BrokerConnection(base):  # type: ignore[misc, valid-type]
         """``pd.read_sql(q, conn)`` through the broker; read-only, nothing to commit."""
 
         def __init__(self) -> None:  # no ADBC driver: the broker is the database
@@ -204,7 +321,12 @@ def _connection_class() -> type:
             pass
 
         def __repr__(self) -> str:
-            return "<dataexec conn: read-only SQL through the DataExec broker>"
+            from dataexec_kernel import client
+
+            where = client.describe()
+            if where == client.BROKER:
+                return "<dataexec conn: read-only SQL through the DataExec broker>"
+            return f"<dataexec conn: SQL through {where}>"
 
     return BrokerConnection
 
@@ -227,3 +349,12 @@ def register_magic(ipython: Any) -> None:
         return frame
 
     ipython.register_magic_function(sql_magic, "cell", "sql")
+
+
+def install_helpers(ipython: Any) -> None:
+    """``sql``, ``load``, ``save``, ``conn`` and ``%%sql`` in a plain IPython (outside DataExec).
+
+    No result capture and no pip refusal: those belong to DataExec's own kernels.
+    """
+    ipython.push({"sql": sql, "load": load, "save": save, "conn": make_conn()})
+    register_magic(ipython)

@@ -140,11 +140,14 @@ def frame_payload(frame: Any, max_rows: int) -> dict[str, Any]:
 
 
 class ResultCapture:
-    """Keeps the current cell's result and answers the server's user expression."""
+    """Keeps the current cell's result and answers the server's user expressions."""
 
     def __init__(self, ipython: Any) -> None:
+        from dataexec_kernel.frames import Frames
+
         self.ipython = ipython
         self.value: Any = None
+        self.frames = Frames(ipython)
 
     def pre_run_cell(self, info: Any) -> None:
         self.ipython.user_ns.pop("result_df", None)
@@ -165,7 +168,7 @@ class ResultCapture:
         frame = _as_frame(value)
         if frame is not None:
             payload = frame_payload(frame, max_rows)
-            payload["cache_key"] = _cache(frame)
+            payload["cache_key"], payload["cache_error"] = self._cache(frame)
         elif value is not None and (
             np.isscalar(value)
             or isinstance(value, (pd.Timestamp, pd.Timedelta, dt.date, decimal.Decimal))
@@ -182,6 +185,27 @@ class ResultCapture:
             payload = {"kind": "none"}
         return _Payload(json.dumps(payload, allow_nan=False, default=str))
 
+    def _cache(self, frame: Any) -> tuple[str | None, dict[str, str] | None]:
+        """The frame's cache key, or why there is none (no broker, over a cap or the quota)."""
+        from dataexec_kernel import data
+
+        try:
+            key = data.put_frame(frame)
+        except data.DataExecError as exc:
+            return None, {"type": exc.type, "message": exc.message}
+        except Exception as exc:  # columns Arrow cannot hold
+            return None, {"type": "EXECUTION_ERROR", "message": f"not cached: {exc}"}
+        self.frames.note_sent(frame, key)
+        return key, None
+
+    def checkpoint(self, budget: int) -> _Payload:
+        """The checkpoint pass the server asks for after each step (see frames.py)."""
+        return _Payload(self.frames.checkpoint(budget))
+
+    def restore(self, keys: dict[str, str]) -> _Payload:
+        """Bring checkpointed frames back into a fresh kernel (see frames.py)."""
+        return _Payload(self.frames.restore(keys))
+
 
 class _Payload:
     """A pre-encoded JSON document, displayed under the result mimetype only."""
@@ -191,16 +215,6 @@ class _Payload:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         return {RESULT_MIMETYPE: self.text}
-
-
-def _cache(frame: Any) -> str | None:
-    """The frame's cache key, or None when this kernel has no broker (it serves no one)."""
-    from dataexec_kernel import data
-
-    try:
-        return data.put_frame(frame)
-    except Exception:  # no broker, a frame over the byte cap, or columns Arrow cannot hold
-        return None
 
 
 def _refuse_pip(line: str = "", cell: str | None = None) -> None:
@@ -215,7 +229,7 @@ def install(ipython: Any) -> None:
     ipython.events.register("pre_run_cell", capture.pre_run_cell)
     ipython.events.register("post_run_cell", capture.post_run_cell)
     ipython.push({"__dataexec__": capture}, interactive=False)
-    ipython.push({"sql": data.sql, "load": data.load, "conn": data.make_conn()})
+    ipython.push({"sql": data.sql, "load": data.load, "save": data.save, "conn": data.make_conn()})
     data.register_magic(ipython)
     for name in ("pip", "conda", "mamba"):
         ipython.register_magic_function(_refuse_pip, "line", name)

@@ -62,7 +62,7 @@ class ExecuteHandler(ExecuteBase):
         if session_id is None:
             await self.run(sessions.run_once(tenant, request))
         else:
-            session = sessions.get_or_create(tenant, session_id)
+            session = await sessions.get_or_create(tenant, session_id)
             await self.run(sessions.execute(session, request))
 
 
@@ -70,7 +70,7 @@ class SessionExecuteHandler(ExecuteBase):
     async def post(self, session_id: str) -> None:
         tenant = self.current_tenant()
         _, request = self.parse()
-        session = self.runtime.sessions.get_or_create(tenant, session_id)
+        session = await self.runtime.sessions.get_or_create(tenant, session_id)
         await self.run(self.runtime.sessions.execute(session, request))
 
 

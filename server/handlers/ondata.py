@@ -71,13 +71,16 @@ class ExecuteOnDataHandler(ExecuteBase):
             await self.runtime.cache.entry(tenant.name, key)
         settings = self.settings_obj
         max_rows = int_field(body, "max_rows", settings.max_rows_default, 0, settings.max_rows_cap)
-        request = ExecutionRequest(on_data_code(code, input_data, cache_keys), max_rows)
+        request = ExecutionRequest(
+            on_data_code(code, input_data, cache_keys), max_rows, kind="execute_on_data"
+        )
         sessions = self.runtime.sessions
         session_id = str_field(body, "session_id")
         if session_id is None:
             await self.run(sessions.run_once(tenant, request))
         else:
-            await self.run(sessions.execute(sessions.get_or_create(tenant, session_id), request))
+            session = await sessions.get_or_create(tenant, session_id)
+            await self.run(sessions.execute(session, request))
 
 
 routes = [(r"/execute-on-data", ExecuteOnDataHandler)]

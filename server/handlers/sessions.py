@@ -1,4 +1,4 @@
-"""Session resources: create, list, show, delete, interrupt."""
+"""Session resources: create, list, show, delete, interrupt, restart, variables."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from server.handlers.base import BaseHandler, str_field
 
 
 class SessionsHandler(BaseHandler):
-    def get(self) -> None:
-        sessions = self.runtime.sessions.list(self.current_tenant())
+    async def get(self) -> None:
+        sessions = await self.runtime.sessions.list(self.current_tenant())
         self.write_json({"sessions": [s.describe() for s in sessions]})
 
     async def post(self) -> None:
@@ -21,8 +21,8 @@ class SessionsHandler(BaseHandler):
 
 
 class SessionHandler(BaseHandler):
-    def get(self, session_id: str) -> None:
-        session = self.runtime.sessions.get(self.current_tenant(), session_id)
+    async def get(self, session_id: str) -> None:
+        session = await self.runtime.sessions.get(self.current_tenant(), session_id)
         self.write_json(session.describe())
 
     async def delete(self, session_id: str) -> None:
@@ -34,13 +34,27 @@ class SessionHandler(BaseHandler):
 
 class InterruptHandler(BaseHandler):
     async def post(self, session_id: str) -> None:
-        session = self.runtime.sessions.get(self.current_tenant(), session_id)
+        session = await self.runtime.sessions.get(self.current_tenant(), session_id)
         interrupted = await self.runtime.sessions.interrupt(session)
         self.write_json({"session_id": session.client_id, "interrupted": interrupted})
+
+
+class RestartHandler(BaseHandler):
+    async def post(self, session_id: str) -> None:
+        session = await self.runtime.sessions.get(self.current_tenant(), session_id)
+        self.write_json(await self.runtime.sessions.restart(session))
+
+
+class VariablesHandler(BaseHandler):
+    async def get(self, session_id: str) -> None:
+        session = await self.runtime.sessions.get(self.current_tenant(), session_id)
+        self.write_json(await self.runtime.sessions.variables(session))
 
 
 routes = [
     (r"/sessions", SessionsHandler),
     (r"/sessions/(?P<session_id>[^/]+)", SessionHandler),
     (r"/sessions/(?P<session_id>[^/]+)/interrupt", InterruptHandler),
+    (r"/sessions/(?P<session_id>[^/]+)/restart", RestartHandler),
+    (r"/sessions/(?P<session_id>[^/]+)/variables", VariablesHandler),
 ]

@@ -78,13 +78,20 @@ class Kernel:
         return not self.client.channels_lost() or await self.alive()
 
     async def run(
-        self, code: str, user_expressions: dict[str, str], output_limit: int
+        self,
+        code: str,
+        user_expressions: dict[str, str],
+        output_limit: int,
+        silent: bool = False,
     ) -> Execution:
-        """Execute ``code`` within the pool's timeout, mapping every failure to our errors."""
+        """Execute ``code`` within the pool's timeout, mapping every failure to our errors.
+
+        ``silent`` runs it outside the history (no count, no pre/post-cell hooks).
+        """
         timeout = self.pool.timeout_s
         try:
             return await self.client.execute(
-                code, user_expressions, timeout, output_limit, self.alive
+                code, user_expressions, timeout, output_limit, self.alive, silent=silent
             )
         except ExecutionTimedOut:
             stopped = await self.stop_running_cell()

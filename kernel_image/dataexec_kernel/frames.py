@@ -1,0 +1,133 @@
+"""A session's named DataFrames inside its kernel: checkpoint them, restore them, list them.
+
+After each step the server asks for a checkpoint pass (a silent request, after the client
+has its answer): every DataFrame bound to a public name in the namespace is described
+(rows, columns, dtypes, in-memory bytes) and, smallest first within the session's budget,
+sent to the cache unless it is unchanged since its last checkpoint. A frame that is the
+cell's result was already sent; its key is reused rather than sending it twice.
+
+"Unchanged" is judged by a fingerprint: the object, its shape, columns, dtypes and a hash of
+up to ``SAMPLE_ROWS`` rows spread over the frame. An in-place edit of a few values that
+the sample misses is not seen until the frame changes otherwise; rebinding the name, adding
+or dropping rows or columns, or changing a dtype always is.
+
+When the server gives the session a fresh kernel, ``restore`` loads the checkpoints back
+under their names before the next step runs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+SAMPLE_ROWS = 2048
+# Names the helpers own; never checkpointed as the user's frames.
+RESERVED = frozenset({"result_df", "input_data"})
+
+
+def fingerprint(frame: Any) -> tuple[Any, ...]:
+    """What changes when a frame does (see the module docstring)."""
+    import pandas as pd
+
+    rows = len(frame)
+    step = max(1, rows // SAMPLE_ROWS)
+    try:
+        sample = int(pd.util.hash_pandas_object(frame.iloc[::step], index=False).sum())
+    except (TypeError, ValueError):  # unhashable cells (lists, dicts): shape and dtypes only
+        sample = None
+    dtypes = tuple(str(t) for t in frame.dtypes)
+    return (id(frame), frame.shape, tuple(map(str, frame.columns)), dtypes, sample)
+
+
+def _frame_bytes(frame: Any) -> int:
+    return int(frame.memory_usage(index=True, deep=True).sum())
+
+
+class Frames:
+    """The kernel's record of which named frames were checkpointed, and under which keys."""
+
+    def __init__(self, ipython: Any) -> None:
+        self.ipython = ipython
+        self.checkpoints: dict[str, tuple[tuple[Any, ...], str]] = {}
+        self.sent: dict[int, tuple[tuple[Any, ...], str]] = {}  # this step's result frames
+
+    def note_sent(self, frame: Any, key: str) -> None:
+        """A frame went to the cache as a result; a checkpoint of it can reuse the key."""
+        self.sent[id(frame)] = (fingerprint(frame), key)
+
+    def named_frames(self) -> dict[str, Any]:
+        import pandas as pd
+
+        return {
+            name: value
+            for name, value in self.ipython.user_ns.items()
+            if isinstance(value, pd.DataFrame) and not name.startswith("_") and name not in RESERVED
+        }
+
+    def checkpoint(self, budget: int) -> str:
+        """Describe every named frame, checkpoint changed ones within ``budget``; JSON."""
+        from dataexec_kernel import data
+
+        frames = self.named_frames()
+        sizes = {name: _frame_bytes(frame) for name, frame in frames.items()}
+        described = []
+        used = 0
+        for name in sorted(frames, key=lambda n: (sizes[n], n)):
+            frame = frames[name]
+            entry: dict[str, Any] = {
+                "name": name,
+                "rows": int(len(frame)),
+                "columns": [str(c) for c in frame.columns],
+                "dtypes": {str(c): str(t) for c, t in frame.dtypes.items()},
+                "bytes": sizes[name],
+                "cache_key": None,
+                "changed": False,
+                "note": None,
+            }
+            described.append(entry)
+            if used + sizes[name] > budget:
+                entry["note"] = "over the session's checkpoint budget: not restorable"
+                self.checkpoints.pop(name, None)
+                continue
+            used += sizes[name]
+            mark = fingerprint(frame)
+            known = self.checkpoints.get(name)
+            if known is None or known[0] != mark:
+                sent = self.sent.get(id(frame))
+                try:
+                    key = (
+                        sent[1]
+                        if sent and sent[0] == mark
+                        else data.put_frame(frame, "checkpoint", name)
+                    )
+                except Exception as exc:  # a frame Arrow cannot hold, a full quota, ...
+                    entry["note"] = f"not checkpointed: {exc}"
+                    self.checkpoints.pop(name, None)
+                    continue
+                known = (mark, key)
+                self.checkpoints[name] = known
+                entry["changed"] = True
+            entry["cache_key"] = known[1]
+        for gone in set(self.checkpoints) - set(frames):
+            del self.checkpoints[gone]
+        self.sent.clear()
+        return json.dumps({"frames": described}, default=str)
+
+    def restore(self, keys: dict[str, str]) -> str:
+        """Load each checkpoint under its name; JSON of what came back and what did not."""
+        from dataexec_kernel import data
+
+        restored, failed = [], {}
+        for name, key in keys.items():
+            if not name.isidentifier():
+                failed[name] = "not a valid name"
+                continue
+            try:
+                frame = data.load(key)
+            except Exception as exc:
+                failed[name] = str(exc)
+                continue
+            self.ipython.user_ns[name] = frame
+            self.checkpoints[name] = (fingerprint(frame), key)
+            restored.append(name)
+        return json.dumps({"restored": restored, "failed": failed})
