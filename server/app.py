@@ -6,7 +6,7 @@ import tornado.web
 
 from server.auth import Authenticator
 from server.config import Settings
-from server.handlers import cache, execute, health, ondata, openapi, schema, sessions
+from server.handlers import cache, execute, health, notebook, ondata, openapi, schema, sessions
 from server.handlers.base import NotFoundHandler
 from server.runtime import Runtime
 
@@ -17,6 +17,7 @@ ROUTES = [
     *execute.routes,
     *ondata.routes,
     *sessions.routes,
+    *notebook.routes,
     *cache.routes,
 ]
 

@@ -200,6 +200,14 @@ SETTINGS: tuple[Setting, ...] = (
         "session_ttl_s", float, 86400.0, "Idle seconds after which a session expires.", minimum=1
     ),
     Setting(
+        "import_wait_s",
+        float,
+        10.0,
+        "Seconds POST /sessions waits for an imported notebook's replay before it answers 202 "
+        "and the client polls GET /sessions/{id}/import.",
+        minimum=0,
+    ),
+    Setting(
         "capacity_wait_s",
         float,
         10.0,
@@ -365,6 +373,7 @@ class Settings:
     max_body_bytes: int
     session_queue_size: int
     session_ttl_s: float
+    import_wait_s: float
     capacity_wait_s: float
     interrupt_grace_s: float
     kernel_start_timeout_s: float

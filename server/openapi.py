@@ -12,6 +12,21 @@ from server import __version__
 ERROR = {"$ref": "#/components/schemas/Error"}
 
 
+def _query(name: str, choices: list[str], default: str) -> dict[str, Any]:
+    """A query parameter taking one of ``choices``."""
+    schema = {"type": "string", "enum": choices, "default": default}
+    return {"name": name, "in": "query", "schema": schema}
+
+
+def _with_response(
+    operation: dict[str, Any], status: str, description: str, schema: dict[str, Any]
+) -> dict[str, Any]:
+    """``operation`` with one more success response."""
+    content = {"application/json": {"schema": schema}}
+    operation["responses"][status] = {"description": description, "content": content}
+    return operation
+
+
 def _op(
     summary: str,
     ok: tuple[str, dict[str, Any]] | None,
@@ -132,15 +147,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     **_op("Download a cached frame (streamed)", DOWNLOAD, "400", "404"),
                     "parameters": [
-                        {
-                            "name": "format",
-                            "in": "query",
-                            "schema": {
-                                "type": "string",
-                                "enum": ["parquet", "arrow", "csv", "json"],
-                                "default": "parquet",
-                            },
-                        }
+                        _query("format", ["parquet", "arrow", "csv", "json"], "parquet")
                     ],
                 },
                 "delete": _op("Delete a cache key and its file", ("204", {}), "404"),
@@ -194,20 +201,41 @@ def openapi_document() -> dict[str, Any]:
                         },
                     ),
                 ),
-                "post": _op(
-                    "Create a session (with a kernel from its pool)",
-                    ("201", SESSION),
-                    "400",
-                    "403",
-                    "409",
-                    "503",
-                    body={
-                        "type": "object",
-                        "properties": {
-                            "session_id": {"type": "string"},
-                            "pool": {"type": "string"},
+                "post": _with_response(
+                    _op(
+                        "Create a session (with a kernel from its pool). With a notebook (nbformat "
+                        "v4) or cells, replay them as its steps: 201 with each cell's outcome in "
+                        "import, or 202 when the replay outlasts import_wait_s (poll "
+                        "GET /sessions/{id}/import)",
+                        ("201", SESSION),
+                        "400",
+                        "403",
+                        "409",
+                        "503",
+                        body={
+                            "type": "object",
+                            "properties": {
+                                "session_id": {"type": "string"},
+                                "pool": {"type": "string"},
+                                "notebook": {"type": "object"},
+                                "cells": {"type": "array"},
+                                "stop_on_error": {"type": "boolean", "default": True},
+                                "max_rows": {"type": "integer"},
+                            },
                         },
-                    },
+                    ),
+                    "202",
+                    "accepted: the replay goes on; poll the Location (GET /sessions/{id}/import)",
+                    SESSION,
+                ),
+            },
+            "/sessions/{session_id}/import": {
+                **with_id,
+                "get": _op(
+                    "Progress of the session's notebook import: state (running, done, "
+                    "failed), and each cell's outcome",
+                    ("200", {"type": "object"}),
+                    "404",
                 ),
             },
             "/sessions/{session_id}": {
@@ -243,6 +271,22 @@ def openapi_document() -> dict[str, Any]:
                     "409",
                     "503",
                 ),
+            },
+            "/sessions/{session_id}/notebook": {
+                **with_id,
+                "get": {
+                    **_op(
+                        "The session as an nbformat v4 notebook, or a percent-format script "
+                        "(an attachment)",
+                        DOWNLOAD,
+                        "400",
+                        "404",
+                    ),
+                    "parameters": [
+                        _query("format", ["ipynb", "py"], "ipynb"),
+                        _query("outputs", ["true", "false"], "true"),
+                    ],
+                },
             },
             "/sessions/{session_id}/variables": {
                 **with_id,

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -53,6 +53,9 @@ from server.kernels.kernel import Kernel
 from server.kernels.pool import KernelPool
 from server.results import table_result
 from server.session_store import SessionStore
+
+if TYPE_CHECKING:
+    from server.replay import Replay
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -138,6 +141,7 @@ class Session:
     waiting: int = 0
     running: ExecutionRecord | None = None
     after_step: asyncio.Future[None] | None = None  # checkpoint and store write
+    replay: Replay | None = None  # an imported notebook being replayed into the session
 
     @property
     def persistent(self) -> bool:
@@ -194,6 +198,7 @@ class SessionManager:
         self.records = records
         self.sessions: dict[tuple[str, str], Session] = {}
         self.throwaway_running = 0
+        self.closing = False
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -456,12 +461,13 @@ class SessionManager:
     async def _after_step(self, session: Session, record: ExecutionRecord) -> None:
         """Checkpoint the session's frames and write the step; runs after the answer."""
         frames = None
+        kernel = session.kernel
         try:
-            kernel = session.kernel
             if kernel is not None and await kernel.usable():
                 frames = await self._checkpoint(session, kernel)
         except Exception as exc:  # the step's answer is out; keep the session going
-            log.warning("session %s: checkpoint failed: %s", session.id, exc)
+            if session.kernel is kernel:  # not merely dropped meanwhile (delete, shutdown)
+                log.warning("session %s: checkpoint failed: %s", session.id, exc)
         try:
             await self._in_thread(
                 self.records.record_step, session.id, record, frames, session.lost_reason
@@ -634,6 +640,12 @@ class SessionManager:
         for pool in self.pools.values():
             await pool.check_idle()
 
+    def is_live(self, session: Session) -> bool:
+        """Whether ``session`` is still one of the manager's (not ended, not shutting down)."""
+        return (
+            not self.closing and self.sessions.get((session.tenant, session.client_id)) is session
+        )
+
     def busy(self) -> bool:
         return self.throwaway_running > 0 or any(
             s.lock.locked() or (s.after_step is not None and not s.after_step.done())
@@ -642,6 +654,7 @@ class SessionManager:
 
     async def close(self, grace: float) -> None:
         """Let running cells finish up to ``grace`` seconds, then destroy every kernel."""
+        self.closing = True
         deadline = time.monotonic() + grace
         # Bounded polling: "no session busy" spans many locks and has no single event.
         while self.busy() and time.monotonic() < deadline:  # noqa: ASYNC110

@@ -4,10 +4,14 @@ The server counts a kernel as ready when it answers ``kernel_info``, which only 
 after these imports, so no session ever waits for pandas.
 """
 
+import logging
 import sys
 
 
 def main() -> None:
+    # A kernel's first chart builds matplotlib's font cache (~0.3 s, in its own /tmp); the
+    # notice it logs would end up in the analyst's outputs.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     import numpy  # noqa: F401  (warm-up: most of a cold start is these imports)
     import pandas  # noqa: F401
     import pyarrow  # noqa: F401

@@ -81,8 +81,10 @@ class LaunchSpec:
             "HOME": "/tmp",
             "PYTHONPATH": LIB_MOUNT,
             "PYTHONDONTWRITEBYTECODE": "1",
-            "MPLBACKEND": "Agg",
+            # Non-interactive, and a figure drawn in a cell becomes its image/png output.
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
             "MPLCONFIGDIR": "/tmp/.matplotlib",
+            "FONTCONFIG_FILE": f"{LIB_MOUNT}/{KERNEL_MODULE}/fonts.conf",
             "OMP_NUM_THREADS": threads,
             "OPENBLAS_NUM_THREADS": threads,
             "MKL_NUM_THREADS": threads,
