@@ -6,7 +6,17 @@ import tornado.web
 
 from server.auth import Authenticator
 from server.config import Settings
-from server.handlers import cache, execute, health, notebook, ondata, openapi, schema, sessions
+from server.handlers import (
+    cache,
+    client,
+    execute,
+    health,
+    notebook,
+    ondata,
+    openapi,
+    schema,
+    sessions,
+)
 from server.handlers.base import NotFoundHandler
 from server.runtime import Runtime
 
@@ -19,6 +29,7 @@ ROUTES = [
     *sessions.routes,
     *notebook.routes,
     *cache.routes,
+    *client.routes,
 ]
 
 

@@ -52,9 +52,10 @@ USER_CODE_ERRORS = frozenset({"EXECUTION_ERROR", "SQL_NOT_ALLOWED"})
 INTERNAL_MIMETYPE_PREFIX = "application/vnd.dataexec."
 CLIENT_INSTALL = (
     "Install the client package `dataexec-kernel` into the environment of your Jupyter "
-    "kernel. It is not on PyPI: install it from the `kernel_image` directory of DataExec "
-    "(`pip install ./kernel_image`, or `pip install './kernel_image[postgresql]'` to query "
-    "PostgreSQL directly), or from a wheel that your DataExec operator provides."
+    "kernel. It is not on PyPI: your DataExec server hands it out (`GET /client` names the "
+    "wheel; `pip install <server>/client/<wheel>`), or install it from the `kernel_image` "
+    "directory of DataExec (`pip install './kernel_image[postgresql]'` to query PostgreSQL "
+    "directly)."
 )
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}

@@ -81,6 +81,11 @@ EXECUTE_BODY = {
             "description": "SQL in a session: the kernel variable the frame lands in "
             "(default df_<execution_count>)",
         },
+        "params": {
+            "type": "object",
+            "description": "SQL only: values of the query's :name parameters",
+            "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+        },
     },
 }
 EXECUTE_ERRORS = ("400", "403", "404", "409", "413", "500", "503")
@@ -227,6 +232,25 @@ def openapi_document() -> dict[str, Any]:
                     "202",
                     "accepted: the replay goes on; poll the Location (GET /sessions/{id}/import)",
                     SESSION,
+                ),
+            },
+            "/client": {
+                "get": _op(
+                    "Where to get the client package (dataexec-kernel) for notebooks "
+                    "outside DataExec: its wheel URL and the pip command",
+                    ("200", {"type": "object"}),
+                    public=True,
+                ),
+            },
+            "/client/{name}": {
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "get": _op(
+                    "The client package as a wheel (pip install <this URL>)",
+                    DOWNLOAD,
+                    "404",
+                    public=True,
                 ),
             },
             "/sessions/{session_id}/import": {

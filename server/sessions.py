@@ -86,19 +86,26 @@ class ExecutionRequest:
     language: str = "python"
     result_name: str | None = None
     kind: str = "execute"
+    params: dict[str, Any] | None = None  # SQL ``:name`` parameters
 
     def kernel_code(self, execution_count: int) -> str:
-        """What the kernel runs: the code itself, or the ``%%sql`` cell of the query."""
-        if self.language == "sql":
-            return f"%%sql {self.sql_name(execution_count)}\n{self.code}"
-        return self.code
+        """What the kernel runs: the code itself, or the cell of the query (``%%sql name``,
+        or ``name = sql(query, params)`` when it has parameters)."""
+        if self.language != "sql":
+            return self.code
+        name = self.sql_name(execution_count)
+        if self.params:
+            return f"{name} = sql({self.code!r}, {self.params!r})\n{name}"
+        return f"%%sql {name}\n{self.code}"
 
     def sql_name(self, execution_count: int) -> str:
         return self.result_name or f"df_{execution_count}"
 
-    def lineage(self, execution_count: int) -> dict[str, Any]:
+    def lineage(self, execution_count: int | None) -> dict[str, Any]:
         """What produced the frames of this step, for their cache keys."""
         source = {"sql": self.code} if self.language == "sql" else {"code": self.code}
+        if self.params:
+            source["params"] = self.params
         return {**source, "execution_count": execution_count}
 
 
@@ -521,10 +528,10 @@ class SessionManager:
     ) -> dict[str, Any]:
         started = time.perf_counter()
         caller = Caller(tenant.name, "", "")
-        table = await self.broker.query_table(caller, request.code)
+        table = await self.broker.query_table(caller, request.code, request.params)
         result = table_result(table, request.max_rows)
         result["metadata"]["execution_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        caller.begin_step({"sql": request.code})
+        caller.begin_step(request.lineage(None))
         key = await self.cache.spill(tenant.name, None, table, caller.lineage("result", None))
         result.update(
             session_id=None, execution_count=None, kernel_replaced=False, outputs=[], cache_key=key

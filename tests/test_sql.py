@@ -89,6 +89,33 @@ async def test_sql_in_a_session_lands_in_the_kernel(
     )
 
 
+async def test_sql_parameters_over_http_with_and_without_a_session(
+    client: httpx.AsyncClient, session_id: str
+) -> None:
+    query = "SELECT count(*) AS n FROM flights WHERE month = :m AND carrier = :c"
+    params = {"m": 2, "c": "UA"}
+    served = await client.post(
+        "/execute", json={"language": "sql", "code": query, "params": params}
+    )
+    assert served.status_code == 200, served.text
+    in_session = await ok(
+        client, session_id, query, language="sql", params=params, result_name="ua_feb"
+    )
+    assert served.json()["data"] == in_session["data"]
+    assert in_session["data"]["rows"][0][0] == await value_of(
+        client, session_id, "int(ua_feb.n[0])"
+    )
+    meta = (await client.get(f"/cache/{served.json()['cache_key']}/meta")).json()
+    assert meta["lineage"]["params"] == params
+    for bad in ({"m": [1]}, {"not a name": 1}, [1]):
+        refused = await client.post(
+            "/execute", json={"language": "sql", "code": query, "params": bad}
+        )
+        assert_error(refused, 400, "VALIDATION_ERROR")
+    python = await run(client, session_id, "1", params={"m": 1})
+    assert_error(python, 400, "VALIDATION_ERROR")
+
+
 async def test_sql_and_conn_and_magic_inside_python(
     client: httpx.AsyncClient, session_id: str
 ) -> None:

@@ -25,11 +25,6 @@ from dataexec_kernel.data import (
 )
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
-PARAMS_UNSUPPORTED = (
-    "sql() parameters are not supported through a DataExec server's HTTP API yet "
-    "(POST /execute takes no parameters for SQL): write the values into the query, or use "
-    "database mode (DATAEXEC_DATABASE_URL), where :name parameters work."
-)
 SAVE_UNSUPPORTED = (
     "save() cannot keep a frame in DataExec's cache from outside a DataExec kernel: the "
     "server's HTTP API has no upload of frames yet. Keep the frame in a variable, or write "
@@ -62,9 +57,7 @@ class RemoteClient:
 
     def fetch_arrow(self, query: str, params: Any = None) -> Any:
         """The whole result of ``query`` as a pyarrow Table."""
-        if params:
-            raise Unsupported(PARAMS_UNSUPPORTED)
-        body = {"language": "sql", "code": query, "max_rows": 0}
+        body = {"language": "sql", "code": query, "max_rows": 0, "params": params or None}
         with self._request("POST", "/execute", body, accept="application/json") as response:
             answer = json.load(response)
         key = answer.get("cache_key") if isinstance(answer, dict) else None

@@ -1,6 +1,7 @@
 """``POST /execute`` and ``POST /sessions/{id}/execute``: run code, answer the result.
 
-Both take ``{"language", "code", "max_rows", "session_id", "result_name"}``. Without a
+Both take ``{"language", "code", "max_rows", "session_id", "result_name", "params"}``
+(``params``: the SQL's ``:name`` parameters). Without a
 session, SQL runs in the server (guard, database, no kernel) and Python in a fresh kernel
 that is discarded afterwards, as the replaced system did. In a session, SQL runs in the
 kernel as a ``%%sql <result_name>`` cell, so the frame is there for the next step. A client that
@@ -19,6 +20,21 @@ from server.handlers.base import BaseHandler, int_field, str_field
 from server.sessions import ExecutionRequest
 
 LANGUAGES = ("python", "sql")
+SCALARS = (str, int, float, bool)
+
+
+def _params(value: Any, language: str) -> dict[str, Any] | None:
+    """SQL ``:name`` parameters: names to strings, numbers, booleans or null."""
+    if value is None:
+        return None
+    if language != "sql":
+        raise ValidationError("params go with language sql")
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k.isidentifier() and (v is None or isinstance(v, SCALARS))
+        for k, v in value.items()
+    ):
+        raise ValidationError("params must map names to strings, numbers, booleans or null")
+    return value
 
 
 class ExecuteBase(BaseHandler):
@@ -36,9 +52,10 @@ class ExecuteBase(BaseHandler):
             not result_name.isidentifier() or keyword.iskeyword(result_name)
         ):
             raise ValidationError("result_name must be a Python identifier")
+        params = _params(body.get("params"), language)
         settings = self.settings_obj
         max_rows = int_field(body, "max_rows", settings.max_rows_default, 0, settings.max_rows_cap)
-        return body, ExecutionRequest(code, max_rows, language, result_name)
+        return body, ExecutionRequest(code, max_rows, language, result_name, params=params)
 
     async def run(self, work: Any) -> None:
         self.task = asyncio.ensure_future(work)

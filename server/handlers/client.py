@@ -1,0 +1,44 @@
+"""``GET /client`` and ``GET /client/<wheel>``: the client package for analysts' Jupyter.
+
+Public, like ``/health``: the package holds no secret, and ``pip install <url>`` sends no
+token.
+"""
+
+from __future__ import annotations
+
+from server import client_wheel
+from server.errors import NotFound
+from server.handlers.base import BaseHandler
+
+
+class ClientHandler(BaseHandler):
+    public = True
+
+    def get(self) -> None:
+        url = f"{self.request.protocol}://{self.request.host}/client/{client_wheel.filename()}"
+        self.write_json(
+            {
+                "package": "dataexec-kernel",
+                "version": client_wheel.version(),
+                "wheel": url,
+                "install": f"pip install '{url}'",
+                "configure": "DATAEXEC_URL and DATAEXEC_TOKEN, or DATAEXEC_DATABASE_URL",
+            }
+        )
+
+
+class ClientWheelHandler(BaseHandler):
+    public = True
+
+    def get(self, name: str) -> None:
+        if name != client_wheel.filename():
+            raise NotFound(f"no client package {name!r}; GET /client names the current one")
+        self.set_header("Content-Type", "application/zip")
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.finish(client_wheel.build())
+
+
+routes = [
+    (r"/client", ClientHandler),
+    (r"/client/(?P<name>[^/]+)", ClientWheelHandler),
+]

@@ -1,0 +1,68 @@
+"""The client package served by the server: pip installs it from the URL GET /client names."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import RunningServer, assert_error
+
+from server import client_wheel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def bubblewrap_only(api: RunningServer) -> RunningServer:
+    if api.settings.sandbox != "bubblewrap":
+        pytest.skip("the client package does not depend on the sandbox")
+    return api
+
+
+async def test_pip_installs_the_client_from_the_server(
+    bubblewrap_only: RunningServer, tmp_path: Path
+) -> None:
+    async with bubblewrap_only.client(token=None) as anonymous:
+        about = (await anonymous.get("/client")).json()
+    assert about["wheel"].endswith(client_wheel.filename())
+    target = tmp_path / "site"
+    pip = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet",
+        "--target", str(target), about["wheel"],
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await pip.communicate()
+    assert pip.returncode == 0, output.decode()
+    installed = target / "dataexec_kernel"
+    assert (installed / "remote.py").is_file() and (installed / "fonts.conf").is_file()
+    probe = await asyncio.create_subprocess_exec(
+        sys.executable, "-I", "-c",
+        "import sys; sys.path.insert(0, sys.argv[1]); import dataexec_kernel as k; "
+        "print(k.__file__, k.__version__)",
+        str(target), stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    printed, _ = await probe.communicate()
+    location, version = printed.decode().split()
+    assert location.startswith(str(target)) and version == client_wheel.version()
+
+
+async def test_the_wheel_declares_what_the_package_project_declares() -> None:
+    project = tomllib.loads((ROOT / "kernel_image" / "pyproject.toml").read_text())["project"]
+    with zipfile.ZipFile(io.BytesIO(client_wheel.build())) as wheel:
+        info = f"dataexec_kernel-{client_wheel.version()}.dist-info"
+        metadata = wheel.read(f"{info}/METADATA").decode()
+        assert wheel.testzip() is None
+    assert list(client_wheel.REQUIRES) == project["dependencies"]
+    assert {k: list(v) for k, v in client_wheel.EXTRAS.items()} == project["optional-dependencies"]
+    assert f"Requires-Python: {project['requires-python']}" in metadata
+    assert client_wheel.build() == client_wheel.build()
+
+
+async def test_an_unknown_wheel_is_not_found(client: httpx.AsyncClient) -> None:
+    assert_error(await client.get("/client/other-1.0-py3-none-any.whl"), 404, "NOT_FOUND")
