@@ -177,10 +177,6 @@ class SessionStore:
             if frames is not None:
                 self._replace_frames(db, session_id, frames)
 
-    def save_frames(self, session_id: str, frames: list[FrameRecord]) -> None:
-        with self.store.session() as db, db.begin():
-            self._replace_frames(db, session_id, frames)
-
     def _replace_frames(
         self, db: sa.orm.Session, session_id: str, frames: list[FrameRecord]
     ) -> None:

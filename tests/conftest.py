@@ -9,6 +9,7 @@ parent, so teardown (and the orphan checks) touch only what the tests made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -114,6 +115,25 @@ async def start_server(settings: Settings, env: dict[str, str] | None = None) ->
     [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
     http.add_sockets([sock])
     return RunningServer(settings, runtime, http, f"http://127.0.0.1:{sock.getsockname()[1]}")
+
+
+@contextlib.asynccontextmanager
+async def server_on(
+    embedded_pg: EmbeddedPostgres, tmp_path: Path, config: str = CONFIG, **env: str
+) -> AsyncIterator[RunningServer]:
+    """A server of its own (bubblewrap) on the shared database, warmed, stopped after."""
+    settings = make_settings(
+        tmp_path,
+        config,
+        DATAEXEC_DATABASE_URL=embedded_pg.query_url.render_as_string(hide_password=False),
+        **env,
+    )
+    server = await start_server(settings)
+    try:
+        await server.runtime.wait_warm()
+        yield server
+    finally:
+        await server.stop()
 
 
 REQUIRE_DOCKER = bool(os.environ.get("CI")) or os.environ.get("DATAEXEC_REQUIRE_DOCKER") == "1"

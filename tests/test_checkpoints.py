@@ -20,6 +20,7 @@ from conftest import (
     make_settings,
     ok,
     run,
+    server_on,
     start_server,
     value_of,
     wait_for,
@@ -203,15 +204,8 @@ async def limited(
     tmp_path_factory: pytest.TempPathFactory, embedded_pg: EmbeddedPostgres
 ) -> AsyncIterator[RunningServer]:
     """A server whose tenant has a 3 MB cache quota and sessions a 600 kB checkpoint budget."""
-    settings = make_settings(
-        tmp_path_factory.mktemp("limited"),
-        QUOTA_CONFIG,
-        DATAEXEC_DATABASE_URL=embedded_pg.query_url.render_as_string(hide_password=False),
-    )
-    server = await start_server(settings)
-    await server.runtime.wait_warm()
-    yield server
-    await server.stop()
+    async with server_on(embedded_pg, tmp_path_factory.mktemp("limited"), QUOTA_CONFIG) as server:
+        yield server
 
 
 async def test_quota_is_enforced_through_the_api(limited: RunningServer) -> None:

@@ -16,10 +16,9 @@ from conftest import (
     TOKEN_B,
     RunningServer,
     assert_error,
-    make_settings,
     ok,
     run,
-    start_server,
+    server_on,
     wait_for,
 )
 
@@ -248,14 +247,10 @@ async def impatient(
     tmp_path_factory: pytest.TempPathFactory, embedded_pg: EmbeddedPostgres
 ) -> AsyncIterator[RunningServer]:
     """A server that answers an import after 0.2 s at most, so long imports are polled."""
-    settings = make_settings(
-        tmp_path_factory.mktemp("impatient"),
-        DATAEXEC_DATABASE_URL=embedded_pg.query_url.render_as_string(hide_password=False),
-        DATAEXEC_IMPORT_WAIT_S="0.2",
-    )
-    server = await start_server(settings)
-    yield server
-    await server.stop()
+    async with server_on(
+        embedded_pg, tmp_path_factory.mktemp("impatient"), DATAEXEC_IMPORT_WAIT_S="0.2"
+    ) as server:
+        yield server
 
 
 async def test_a_long_import_answers_202_and_is_polled(impatient: RunningServer) -> None:
