@@ -5,7 +5,8 @@ One row per session (``sessions``), one per step (``executions``) and one per na
 each step (off the answer's path); after a restart it finds sessions here again.
 
 A deleted or expired session keeps its rows (and its keys live on to their own TTL) until
-its id is used again or ``purge`` runs; ``find`` sees only active ones.
+its id is used again or ``purge`` removes it with the keys' TTL; ``find`` sees only live
+ones.
 
 Synchronous (SQLAlchemy); the async caller runs these in an executor.
 """
@@ -47,14 +48,13 @@ class SessionStore:
         self.store = store
 
     def create(self, session_id: str, tenant: str, client_id: str, pool: str) -> None:
-        """A new active session row; an inactive row with the same client id is replaced."""
+        """A new active session row, replacing an ended or expired one with the same id
+        (the caller has checked that no live session has it)."""
         now = dt.datetime.now(dt.UTC)
         with self.store.session() as db, db.begin():
             db.execute(
                 sa.delete(SessionRow).where(
-                    SessionRow.tenant == tenant,
-                    SessionRow.client_id == client_id,
-                    SessionRow.state != "active",
+                    SessionRow.tenant == tenant, SessionRow.client_id == client_id
                 )
             )
             db.add(

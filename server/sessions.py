@@ -646,6 +646,11 @@ class SessionManager:
                 session.lost_reason = "culled"
         for pool in self.pools.values():
             await pool.check_idle()
+        # Ended sessions' history lives as long as their keys may.
+        keep_s = max(self.settings.session_ttl_s, self.settings.cache_ttl_s)
+        purged = await self._in_thread(self.records.purge, keep_s)
+        if purged:
+            log.info("removed %d sessions idle past %.0f s from the store", purged, keep_s)
 
     def is_live(self, session: Session) -> bool:
         """Whether ``session`` is still one of the manager's (not ended, not shutting down)."""

@@ -258,6 +258,10 @@ async def test_delete_ends_the_session_and_its_kernel(
     assert response.status_code == 204
     assert_error(await client.get(f"/sessions/{session_id}"), 404, "NOT_FOUND")
     assert_error(await client.delete(f"/sessions/{session_id}"), 404, "NOT_FOUND")
+    # The id is free again: a new session, with nothing of the old one.
+    again = await client.post("/sessions", json={"session_id": session_id})
+    assert again.status_code == 201 and again.json()["execution_count"] == 0
+    assert await value_of(client, session_id, "'a' in globals()") is False
 
     async def gone() -> bool:
         return await kernel.process.poll() is not None and not kernel.kernel_dir.root.exists()
