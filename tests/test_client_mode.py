@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -29,13 +27,12 @@ import sqlalchemy as sa
 from conftest import TOKEN_A, TOKEN_B, RunningServer, ok
 from dataexec_kernel import client as dx_client
 from dataexec_kernel import data
+from plain_kernel import CLIENT_ENV, clean_env, install_client_package, run_plain_kernel
 
 from server.sql.embedded import EmbeddedPostgres
 
 # The client does not care which sandbox the server uses: one server is enough.
 ONE_SERVER = pytest.mark.parametrize("api", ["bubblewrap"], indirect=True)
-KERNEL_IMAGE = Path(__file__).resolve().parent.parent / "kernel_image"
-CLIENT_ENV = ("DATAEXEC_BROKER", "DATAEXEC_URL", "DATAEXEC_TOKEN", "DATAEXEC_DATABASE_URL")
 JANUARY = "SELECT * FROM flights WHERE month = 1"  # 27,004 rows: over max_rows_cap (5,000)
 
 
@@ -133,7 +130,9 @@ async def test_remote_load_of_a_key_the_server_made_equals_the_frame(
 
 
 @ONE_SERVER
-async def test_remote_errors_are_the_package_exceptions(api: RunningServer) -> None:
+async def test_remote_errors_are_the_package_exceptions(
+    api: RunningServer, admin_engine: sa.Engine
+) -> None:
     dataexec_kernel.connect(api.url, TOKEN_A)
     refused = await in_thread(raised, dataexec_kernel.sql, "DELETE FROM flights")
     assert isinstance(refused, data.SqlNotAllowed) and refused.type == "SQL_NOT_ALLOWED"
@@ -155,11 +154,12 @@ async def test_remote_errors_are_the_package_exceptions(api: RunningServer) -> N
     foreign = await in_thread(raised, dataexec_kernel.load, foreign_key)
     assert isinstance(foreign, data.CacheKeyNotFound)
 
+    # :name parameters travel with the query.
+    query = "SELECT count(*) AS n FROM flights WHERE month = :m AND carrier = :c"
+    counted = await in_thread(dataexec_kernel.sql, query, {"m": 1, "c": "UA"})
+    direct = read_direct(admin_engine, query, {"m": 1, "c": "UA"})
+    assert int(counted.n[0]) == int(direct.n[0]) > 0
     # What HTTP cannot do yet says so, without asking the server.
-    with_params = await in_thread(
-        raised, dataexec_kernel.sql, "SELECT * FROM flights WHERE month = :m", {"m": 1}
-    )
-    assert isinstance(with_params, NotImplementedError) and "parameters" in str(with_params)
     saved = await in_thread(raised, dataexec_kernel.save, pd.DataFrame({"a": [1]}))
     assert isinstance(saved, data.Unsupported) and "upload" in str(saved)
 
@@ -235,11 +235,6 @@ async def test_database_mode_is_read_only_even_with_a_writing_role(
 # --- no configuration, and a cheap import -------------------------------------------------------
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV}
-    return {**env, **extra}
-
-
 async def run_python(code: str, env: dict[str, str]) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -275,34 +270,10 @@ except dataexec_kernel.NotConfigured as exc:
 # --- the package installed with pip, in a plain ipykernel --------------------------------------
 
 
-async def run_checked(command: list[str]) -> None:
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 300)
-    assert process.returncode == 0, out.decode()
-
-
 @pytest.fixture(scope="module")
 async def installed_package(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Path]:
-    """kernel_image built as a wheel (from a copy: no build files in the repository) and
-    installed with pip into a directory of its own; that directory is yielded."""
-    root = tmp_path_factory.mktemp("client-package")
-    source = root / "src"
-    source.mkdir()
-    shutil.copy(KERNEL_IMAGE / "pyproject.toml", source)
-    shutil.copytree(
-        KERNEL_IMAGE / "dataexec_kernel",
-        source / "dataexec_kernel",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-    )
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    await run_checked([*pip, "wheel", "--no-deps", "-w", str(root / "dist"), str(source)])
-    [wheel] = (root / "dist").glob("dataexec_kernel-*.whl")
-    await run_checked(
-        [*pip, "install", "--no-deps", "--no-index", "--target", str(root / "site"), str(wheel)]
-    )
-    yield root / "site"
+    """The client package as a wheel, installed with pip into a directory of its own."""
+    yield await install_client_package(tmp_path_factory.mktemp("client-package"))
 
 
 def test_the_wheel_holds_the_package_only_with_light_dependencies(
@@ -326,55 +297,6 @@ def test_the_wheel_holds_the_package_only_with_light_dependencies(
 
 
 NOTEBOOK_SETUP = "import numpy as np\nimport pandas as pd\n%load_ext dataexec_kernel"
-
-
-def run_plain_kernel(
-    python: str, env: dict[str, str], cells: list[str], workdir: Path
-) -> list[dict[str, Any]]:
-    """Run cells in a plain ipykernel; per cell its status, stdout and error (blocking)."""
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
-
-    spec_dir = workdir / "kernels" / "plain"
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    (spec_dir / "kernel.json").write_text(
-        json.dumps(
-            {
-                "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                "display_name": "plain",
-                "language": "python",
-            }
-        )
-    )
-    specs = KernelSpecManager(kernel_dirs=[str(workdir / "kernels")])
-    manager = KernelManager(kernel_name="plain", kernel_spec_manager=specs)
-    manager.connection_file = str(workdir / "connection.json")
-    manager.start_kernel(env=env, cwd=str(workdir))
-    kernel = manager.client()
-    kernel.start_channels()
-    results = []
-    try:
-        kernel.wait_for_ready(timeout=120)
-        for cell in cells:
-            out: list[str] = []
-
-            def hook(message: dict[str, Any], out: list[str] = out) -> None:
-                if message["msg_type"] == "stream" and message["content"]["name"] == "stdout":
-                    out.append(message["content"]["text"])
-
-            reply = kernel.execute_interactive(cell, timeout=120, output_hook=hook)
-            content = reply["content"]
-            results.append(
-                {
-                    "status": content["status"],
-                    "stdout": "".join(out),
-                    "error": f"{content.get('ename')}: {content.get('evalue')}",
-                }
-            )
-    finally:
-        kernel.stop_channels()
-        manager.shutdown_kernel(now=True)
-    return results
 
 
 @ONE_SERVER
