@@ -760,28 +760,3 @@ def test_import_rejects_what_is_not_a_notebook_to_replay(document: Any, message:
         cells_from_notebook(document)
     assert message in caught.value.message
     assert caught.value.detail()["type"] == "VALIDATION_ERROR"
-
-
-# --- running it --------------------------------------------------------------------------
-
-
-def test_a_built_notebook_runs_top_to_bottom_past_its_failed_step() -> None:
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
-    records = [
-        ExecutionRecord(
-            execution_count=n, language="python", code=code, cell=code, started=T0, status=status
-        )
-        for n, code, status in [
-            (1, "x = 41", "ok"),
-            (2, "1 / 0", "failed"),
-            (3, "print(x + 1)", "ok"),
-        ]
-    ]
-    records[1].error_type = "EXECUTION_ERROR"
-    nb = build_notebook(SESSION, records, outputs=False)
-    # dataexec_kernel and its broker live in DataExec's kernels, not here: skip the setup.
-    nb.cells = [c for c in nb.cells if c.metadata.get("dataexec", {}).get("role") != "setup"]
-    nbclient.NotebookClient(nb, timeout=60, kernel_name="python3").execute()
-    assert _step(nb, 2).outputs[0].ename == "ZeroDivisionError"
-    assert _step(nb, 3).outputs[0].text == "42\n"
