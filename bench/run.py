@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import burst
+import cache
 import latency
 import memory
 import sql
@@ -77,6 +78,14 @@ BENCHMARKS = {
             sql.POOLS,
             10,
             sql.bench_sql,
+        ),
+        Benchmark(
+            "cache",
+            "save(flights) and load(key) vs `docker run`; a 5-step analysis vs `docker run` "
+            "per step; spill vs pq.write_table in process",
+            cache.POOLS,
+            10,
+            lambda server, n: cache.bench_cache(server, n, DOCKER_IMAGE),
         ),
     )
 }
@@ -187,6 +196,20 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list
         }
         runs.append(run)
         print(f"{run['seconds']} s, load {load_before} -> {run['load_after']}")
+    if "cache" in args.only:
+        n = args.repeat or BENCHMARKS["cache"].repeat
+        print(f"cache [in-process spill vs write_table] n={n} ...", end=" ", flush=True)
+        started, load_before = time.monotonic(), load()
+        figures += cache.bench_spill(n, workdir)
+        run = {
+            "benchmark": "cache (in-process spill)",
+            "sandbox": "-",
+            "seconds": round(time.monotonic() - started, 1),
+            "load_before": load_before,
+            "load_after": load(),
+        }
+        runs.append(run)
+        print(f"{run['seconds']} s, load {load_before} -> {run['load_after']}")
     return figures, runs
 
 
@@ -234,11 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.sandbox = args.sandbox or list(SANDBOXES)
     docker_problem = docker_ready(DOCKER_IMAGE)
-    if docker_problem and ("docker" in args.sandbox or "pandas" in args.only):
+    needs_docker = "docker" in args.sandbox or {"pandas", "cache"} & set(args.only)
+    if docker_problem and needs_docker:
         print(
             f"no Docker engine with {DOCKER_IMAGE} ({docker_problem}); run "
             "scripts/docker-engine and `dataexec build-image`, or pass --sandbox bubblewrap "
-            "and leave out pandas",
+            "and leave out pandas and cache",
             file=sys.stderr,
         )
         return 2

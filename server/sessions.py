@@ -341,9 +341,8 @@ class SessionManager:
         if session.kernel is not None:
             return None
         kernel = await session.pool.acquire()
-        caller = Caller(session.tenant, session.client_id, kernel.kernel_id, store_id=None)
-        if session.persistent:
-            caller.store_id = session.id
+        store_id = session.id if session.persistent else None
+        caller = Caller(session.tenant, session.client_id, kernel.kernel_id, store_id)
         try:
             await self.broker.attach(kernel.kernel_dir.srv, caller)
         except BaseException:
