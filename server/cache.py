@@ -12,8 +12,9 @@ index (tenant, status, shape, schema, lineage, created, last used, expiry) is th
 Retention: every tenant has a quota of Parquet bytes (checkpoints included) and every key a
 TTL. A spill reserves about the frame's Arrow size (Parquet is rarely larger) before it answers;
 when the reservation does not fit, the tenant's least recently used ready keys are evicted
-until it does, and a frame that cannot fit at all answers ``QUOTA_EXCEEDED`` instead of
-writing past the quota. Every eviction (``quota``, ``ttl``, ``deleted``) is recorded in
+until it does (waiting for the tenant's running writes when only they stand in the way),
+and a frame that cannot fit at all answers ``QUOTA_EXCEEDED`` instead of writing past the
+quota. Every eviction (``quota``, ``ttl``, ``deleted``) is recorded in
 ``cache_evictions``, so a read of a key that went away says when and why.
 """
 
@@ -108,8 +109,13 @@ class CacheStore:
         need = reservation(table)
         lock = self.tenant_locks.setdefault(tenant, asyncio.Lock())
         async with lock:
-            pending = sum(self.reserved.get(tenant, {}).values())
-            await self._in_thread(self._make_room, tenant, need, pending)
+            while True:
+                reserved = self.reserved.get(tenant, {})
+                if await self._in_thread(self._make_room, tenant, need, sum(reserved.values())):
+                    break
+                # Writes still running hold the rest: once written they can be evicted.
+                running = [self.writes[k] for k in reserved if k in self.writes]
+                await asyncio.gather(*map(asyncio.shield, running), return_exceptions=True)
             await self._in_thread(self._insert, entry)
             self.reserved.setdefault(tenant, {})[key] = need
         self.writes[key] = asyncio.ensure_future(self._write(tenant, key, relative, table))
@@ -119,8 +125,9 @@ class CacheStore:
     def quota(self, tenant: str) -> int:
         return self.quotas.get(tenant, self.default_quota)
 
-    def _make_room(self, tenant: str, need: int, pending: int) -> None:
-        """Evict the tenant's least recently used ready keys until ``need`` more bytes fit."""
+    def _make_room(self, tenant: str, need: int, pending: int) -> bool:
+        """Evict the tenant's least recently used ready keys until ``need`` more bytes fit;
+        False (nothing evicted) when they cannot while ``pending`` bytes are being written."""
         quota = self.quota(tenant)
         if need > quota:
             raise QuotaExceeded(
@@ -135,7 +142,7 @@ class CacheStore:
             )
             over = int(used) + pending + need - quota
             if over <= 0:
-                return
+                return True
             oldest_first = db.scalars(
                 sa.select(CacheEntry)
                 .where(CacheEntry.tenant == tenant, CacheEntry.status == "ready")
@@ -148,14 +155,12 @@ class CacheStore:
                 evicted.append(entry)
                 over -= entry.bytes or 0
             if over > 0:
-                raise QuotaExceeded(
-                    f"the frame needs about {need:,} bytes and this tenant's cache quota "
-                    f"({quota:,} bytes) is taken by writes still running; try again shortly"
-                )
+                return False
             self._forget(db, evicted, "quota")
         for entry in evicted:
             self.path(entry).unlink(missing_ok=True)
         log.info("cache quota of tenant %s: evicted %d keys", tenant, len(evicted))
+        return True
 
     def _forget(self, db: Any, entries: list[CacheEntry], reason: str) -> None:
         """Delete ``entries`` from the index and record why (the files go after commit)."""
@@ -175,7 +180,7 @@ class CacheStore:
     async def _write(self, tenant: str, key: str, relative: Path, table: pa.Table) -> None:
         path = self.root / relative
         try:
-            size = await self._in_thread(_write_parquet, path, table)
+            size = await self._in_thread(write_parquet, path, table)
         except Exception:
             log.exception("cache write of %s failed", key)
             await self._in_thread(self._update, key, {"status": "failed"})
@@ -272,7 +277,7 @@ def reservation(table: pa.Table) -> int:
     return table.nbytes + table.nbytes // 4 + 64 * 1024
 
 
-def _write_parquet(path: Path, table: pa.Table) -> int:
+def write_parquet(path: Path, table: pa.Table) -> int:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     partial = path.with_suffix(".partial")
     pq.write_table(table, partial, compression="zstd")

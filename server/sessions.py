@@ -147,7 +147,8 @@ class Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiting: int = 0
     running: ExecutionRecord | None = None
-    after_step: asyncio.Future[None] | None = None  # checkpoint and store write
+    after_step: asyncio.Future[None] | None = None  # the checkpoint pass after a step
+    store_write: asyncio.Future[None] | None = None  # the last step's write to the store
     replay: Replay | None = None  # an imported notebook being replayed into the session
 
     @property
@@ -424,7 +425,7 @@ class SessionManager:
 
     async def history(self, session: Session) -> list[ExecutionRecord]:
         """The session's recorded steps, in order (waits for the last one's write)."""
-        await self._settled(session)
+        await self._settled(session, written=True)
         return await self._in_thread(self.records.history, session.id)
 
     # --- execution ---------------------------------------------------------------------
@@ -447,10 +448,15 @@ class SessionManager:
         finally:
             session.lock.release()
 
-    async def _settled(self, session: Session) -> None:
-        """Wait for the previous step's checkpoint and store write."""
+    async def _settled(self, session: Session, written: bool = False) -> None:
+        """Wait for the previous step's checkpoint pass (and, if ``written``, its store write).
+
+        The next step waits for the pass only: it needs the kernel, not the store.
+        """
         if session.after_step is not None:
             await asyncio.shield(session.after_step)
+        if written and session.store_write is not None:
+            await asyncio.shield(session.store_write)
 
     async def execute(self, session: Session, request: ExecutionRequest) -> dict[str, Any]:
         """Run a request in the session, in order behind earlier requests."""
@@ -465,7 +471,8 @@ class SessionManager:
                     session.after_step = asyncio.ensure_future(self._after_step(session, record))
 
     async def _after_step(self, session: Session, record: ExecutionRecord) -> None:
-        """Checkpoint the session's frames and write the step; runs after the answer."""
+        """Checkpoint the session's frames, then queue the step's store write; runs after
+        the answer."""
         frames = None
         kernel = session.kernel
         try:
@@ -474,10 +481,23 @@ class SessionManager:
         except Exception as exc:  # the step's answer is out; keep the session going
             if session.kernel is kernel:  # not merely dropped meanwhile (delete, shutdown)
                 log.warning("session %s: checkpoint failed: %s", session.id, exc)
+        session.store_write = asyncio.ensure_future(
+            self._write_step(session, record, frames, session.lost_reason, session.store_write)
+        )
+
+    async def _write_step(
+        self,
+        session: Session,
+        record: ExecutionRecord,
+        frames: list[FrameRecord] | None,
+        lost_reason: str | None,
+        previous: asyncio.Future[None] | None,
+    ) -> None:
+        """Write a step to the store, after the step before it (writes keep their order)."""
+        if previous is not None:
+            await asyncio.shield(previous)
         try:
-            await self._in_thread(
-                self.records.record_step, session.id, record, frames, session.lost_reason
-            )
+            await self._in_thread(self.records.record_step, session.id, record, frames, lost_reason)
         except Exception:
             log.exception(
                 "session %s: recording step %d failed", session.id, record.execution_count
@@ -659,7 +679,8 @@ class SessionManager:
 
     def busy(self) -> bool:
         return self.throwaway_running > 0 or any(
-            s.lock.locked() or (s.after_step is not None and not s.after_step.done())
+            s.lock.locked()
+            or any(task is not None and not task.done() for task in (s.after_step, s.store_write))
             for s in self.sessions.values()
         )
 

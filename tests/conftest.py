@@ -136,6 +136,9 @@ async def server_on(
         await server.stop()
 
 
+# For tests that do not care which sandbox the server uses: one server is enough.
+ONE_SERVER = pytest.mark.parametrize("api", ["bubblewrap"], indirect=True)
+
 REQUIRE_DOCKER = bool(os.environ.get("CI")) or os.environ.get("DATAEXEC_REQUIRE_DOCKER") == "1"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import TOKEN_B, RunningServer, assert_error
 
-from server.cache import CacheStore, describe, reservation
+from server.cache import CacheStore, describe, reservation, write_parquet
 from server.errors import NotFound, QuotaExceeded
 from server.sql.embedded import EmbeddedPostgres
 from server.store import CacheEviction, Store
@@ -234,19 +235,33 @@ async def test_a_frame_over_the_whole_quota_is_refused_and_nothing_is_evicted(
     assert (await cache.entry("other-tenant", other)).rows == 100_000
 
 
-async def test_quota_counts_writes_still_running(sqlite_store: Store, tmp_path: Path) -> None:
+async def test_a_spill_waits_for_running_writes_rather_than_pass_the_quota(
+    sqlite_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slow disk, faked: the only way to keep real writes running on cue.
+    disk = threading.Event()
+
+    def slow_write(path: Path, table: pa.Table) -> int:
+        disk.wait(10)
+        return write_parquet(path, table)
+
+    monkeypatch.setattr("server.cache.write_parquet", slow_write)
     table = random_table(40_000)
     quota = 2 * reservation(table)
     cache = CacheStore(tmp_path / "cache", sqlite_store, 60, {"t": quota}, 2**40)
-    # Two spills reserve the whole quota before either write finishes: a third cannot
-    # evict a pending write, so it is refused rather than written past the quota.
-    pending = [await cache.spill("t", None, table, {}) for _ in range(2)]
-    try:
-        with pytest.raises(QuotaExceeded, match="writes still running"):
-            await cache.spill("t", None, table, {})
-    finally:
-        await cache.close()
-    assert [(await cache.entry("t", k)).status for k in pending] == ["ready", "ready"]
+    # Two spills reserve the whole quota; a third waits for their writes, then evicts the
+    # older of them.
+    first, second = [await cache.spill("t", None, table, {}) for _ in range(2)]
+    third = asyncio.ensure_future(cache.spill("t", None, table, {}))
+    await asyncio.sleep(0.2)
+    assert not third.done() and cache.reserved["t"].keys() == {first, second}
+    disk.set()
+    third_key = await third
+    await cache.close()
+    with pytest.raises(NotFound, match="evicted"):
+        await cache.entry("t", first)
+    kept = [await cache.entry("t", k) for k in (second, third_key)]
+    assert sum(e.bytes for e in kept) <= quota
 
 
 async def test_expired_keys_are_swept_and_say_so(sqlite_store: Store, tmp_path: Path) -> None:

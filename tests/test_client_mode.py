@@ -24,15 +24,13 @@ import dataexec_kernel
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import TOKEN_A, TOKEN_B, RunningServer, ok
+from conftest import ONE_SERVER, TOKEN_A, TOKEN_B, RunningServer, ok
 from dataexec_kernel import client as dx_client
 from dataexec_kernel import data
 from plain_kernel import CLIENT_ENV, clean_env, install_client_package, run_plain_kernel
 
 from server.sql.embedded import EmbeddedPostgres
 
-# The client does not care which sandbox the server uses: one server is enough.
-ONE_SERVER = pytest.mark.parametrize("api", ["bubblewrap"], indirect=True)
 JANUARY = "SELECT * FROM flights WHERE month = 1"  # 27,004 rows: over max_rows_cap (5,000)
 
 

@@ -10,25 +10,16 @@ import zipfile
 from pathlib import Path
 
 import httpx
-import pytest
-from conftest import RunningServer, assert_error
+from conftest import ONE_SERVER, RunningServer, assert_error
 
 from server import client_wheel
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def bubblewrap_only(api: RunningServer) -> RunningServer:
-    if api.settings.sandbox != "bubblewrap":
-        pytest.skip("the client package does not depend on the sandbox")
-    return api
-
-
-async def test_pip_installs_the_client_from_the_server(
-    bubblewrap_only: RunningServer, tmp_path: Path
-) -> None:
-    async with bubblewrap_only.client(token=None) as anonymous:
+@ONE_SERVER
+async def test_pip_installs_the_client_from_the_server(api: RunningServer, tmp_path: Path) -> None:
+    async with api.client(token=None) as anonymous:
         about = (await anonymous.get("/client")).json()
     assert about["wheel"].endswith(client_wheel.filename())
     target = tmp_path / "site"

@@ -38,14 +38,13 @@ import httpx
 import nbformat
 import pandas as pd
 import pytest
-from conftest import TOKEN_A, RunningServer
+from conftest import ONE_SERVER, TOKEN_A, RunningServer
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from plain_kernel import KERNEL_NAME, clean_env, install_client_package, plain_kernel_specs
 
 from server.notebook import RAISES_TAG, ImportedCell, cells_from_notebook
 
-ONE_SERVER = pytest.mark.parametrize("api", ["bubblewrap"], indirect=True)
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 EXAMPLES = sorted(NOTEBOOKS.glob("*.ipynb"))
 CHART_TAG = "chart"  # the examples tag the cells that draw a figure
