@@ -144,6 +144,7 @@ class Session:
     replacement: Replacement | None = None
     frames: dict[str, FrameRecord] = field(default_factory=dict)
     frames_as_of: int = 0  # the execution count after which they were last checkpointed
+    frames_changed: bool = True  # whether the last step may have changed them
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiting: int = 0
     running: ExecutionRecord | None = None
@@ -468,16 +469,22 @@ class SessionManager:
                 session.last_activity = time.time()
                 record, session.running = session.running, None
                 if record is not None and session.persistent:
-                    session.after_step = asyncio.ensure_future(self._after_step(session, record))
+                    session.after_step = asyncio.ensure_future(
+                        self._after_step(session, record, session.frames_changed)
+                    )
 
-    async def _after_step(self, session: Session, record: ExecutionRecord) -> None:
+    async def _after_step(
+        self, session: Session, record: ExecutionRecord, checkpoint: bool
+    ) -> None:
         """Checkpoint the session's frames, then queue the step's store write; runs after
         the answer."""
         frames = None
         kernel = session.kernel
         try:
-            if kernel is not None and await kernel.usable():
+            if checkpoint and kernel is not None and await kernel.usable():
                 frames = await self._checkpoint(session, kernel)
+            else:
+                session.frames_as_of = session.execution_count
         except Exception as exc:  # the step's answer is out; keep the session going
             if session.kernel is kernel:  # not merely dropped meanwhile (delete, shutdown)
                 log.warning("session %s: checkpoint failed: %s", session.id, exc)
@@ -577,6 +584,7 @@ class SessionManager:
             restored_frames=shown.restored if shown else [],
         )
         session.running = record
+        session.frames_changed = True  # unless the step's answer says otherwise
         caller.begin_step(request.lineage(count))
         context: dict[str, Any] = {
             "session_id": session.client_id or None,
@@ -615,6 +623,7 @@ class SessionManager:
             record.error = {"message": message, "ename": error["ename"], "evalue": error["evalue"]}
             raise kind(message, **error, outputs=execution.outputs, **context)
         result = _result_payload(execution.user_expressions)
+        session.frames_changed = result.pop("frames_changed")
         cache_error = result.pop("cache_error", None)
         if cache_error and cache_error["type"] == QuotaExceeded.type:
             record.status, record.error_type = "failed", QuotaExceeded.type
@@ -707,6 +716,7 @@ def _result_payload(user_expressions: dict[str, Any]) -> dict[str, Any]:
             "metadata": {"row_count": 0, "truncated": False, "result_schema": []},
             "data": None,
             "cache_key": None,
+            "frames_changed": payload.get("frames_changed", True),
         }
     return {
         "status": "success",
@@ -718,4 +728,5 @@ def _result_payload(user_expressions: dict[str, Any]) -> dict[str, Any]:
         "data": {"columns": payload["columns"], "rows": payload["rows"]},
         "cache_key": payload.get("cache_key"),
         "cache_error": payload.get("cache_error"),
+        "frames_changed": payload.get("frames_changed", True),
     }

@@ -183,6 +183,7 @@ class ResultCapture:
             }
         else:
             payload = {"kind": "none"}
+        payload["frames_changed"] = self.frames.changed()
         return _Payload(json.dumps(payload, allow_nan=False, default=str))
 
     def _cache(self, frame: Any) -> tuple[str | None, dict[str, str] | None]:

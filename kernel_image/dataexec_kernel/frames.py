@@ -1,7 +1,8 @@
 """A session's named DataFrames inside its kernel: checkpoint them, restore them, list them.
 
-After each step the server asks for a checkpoint pass (a silent request, after the client
-has its answer): every DataFrame bound to a public name in the namespace is described
+After each step whose answer says the named frames changed (``changed``, cheap), the server
+asks for a checkpoint pass (a silent request, after the client has its answer): every
+DataFrame bound to a public name in the namespace is described
 (rows, columns, dtypes, in-memory bytes) and, smallest first within the session's budget,
 sent to the cache unless it is unchanged since its last checkpoint. A frame that is the
 cell's result was already sent; its key is reused rather than sending it twice.
@@ -50,6 +51,17 @@ class Frames:
         self.ipython = ipython
         self.checkpoints: dict[str, tuple[tuple[Any, ...], str]] = {}
         self.sent: dict[int, tuple[tuple[Any, ...], str]] = {}  # this step's result frames
+        self.seen: dict[str, tuple[Any, ...]] = {}  # every named frame at the last pass
+
+    def changed(self) -> bool:
+        """Whether a checkpoint pass would find anything new (cheap: fingerprints only)."""
+        frames = self.named_frames()
+        if frames.keys() != self.seen.keys() or any(
+            fingerprint(frame) != self.seen[name] for name, frame in frames.items()
+        ):
+            return True
+        self.sent.clear()  # no pass follows to reuse them
+        return False
 
     def note_sent(self, frame: Any, key: str) -> None:
         """A frame went to the cache as a result; a checkpoint of it can reuse the key."""
@@ -69,6 +81,7 @@ class Frames:
         from dataexec_kernel import data
 
         frames = self.named_frames()
+        self.seen = {name: fingerprint(frame) for name, frame in frames.items()}
         sizes = {name: _frame_bytes(frame) for name, frame in frames.items()}
         described = []
         used = 0
@@ -90,7 +103,7 @@ class Frames:
                 self.checkpoints.pop(name, None)
                 continue
             used += sizes[name]
-            mark = fingerprint(frame)
+            mark = self.seen[name]
             known = self.checkpoints.get(name)
             if known is None or known[0] != mark:
                 sent = self.sent.get(id(frame))
@@ -129,5 +142,6 @@ class Frames:
                 continue
             self.ipython.user_ns[name] = frame
             self.checkpoints[name] = (fingerprint(frame), key)
+            self.seen[name] = self.checkpoints[name][0]
             restored.append(name)
         return json.dumps({"restored": restored, "failed": failed})
