@@ -29,6 +29,7 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 OUTPUT_MSG_TYPES = ("stream", "display_data", "execute_result", "error", "update_display_data")
 MONITOR_EVENTS = zmq.EVENT_DISCONNECTED
 RESEND_S = 0.25
+UNANSWERED_RESEND_S = 1.0
 
 
 def strip_ansi(text: str) -> str:
@@ -121,9 +122,11 @@ class KernelClient:
                 raise KernelDied(f"the kernel did not become ready in time (no answer on {stage})")
             if not await alive():
                 raise KernelDied("the kernel exited while starting")
-            if replied and time.monotonic() - last_sent > RESEND_S:
-                # The iopub subscription propagates asynchronously: a status message of an
-                # early request may be lost, so ask again.
+            if time.monotonic() - last_sent > (RESEND_S if replied else UNANSWERED_RESEND_S):
+                # Ask again: a request that reaches a starting kernel can go unanswered (as
+                # jupyter_client, which asks every second), and the iopub subscription
+                # propagates asynchronously, so a status of an early request may be lost.
+                # Extra replies are ignored later (they answer no execute request).
                 self.session.send(self.shell, "kernel_info_request", {})
                 last_sent = time.monotonic()
             for sock, _ in await poller.poll(50):
