@@ -156,6 +156,28 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _with_speedups(figures: list[Figure], baseline: Figure) -> list[Figure]:
+    return [baseline, *latency.speedups(figures, baseline)]
+
+
+def _once(
+    title: str, name: str, measure: Callable[[], list[Figure]], figures: list[Figure]
+) -> dict[str, Any]:
+    """A benchmark that runs once per run, outside any server; its log entry."""
+    print(f"{title} ...", end=" ", flush=True)
+    started, load_before = time.monotonic(), load()
+    figures += measure()
+    run = {
+        "benchmark": name,
+        "sandbox": "-",
+        "seconds": round(time.monotonic() - started, 1),
+        "load_before": load_before,
+        "load_after": load(),
+    }
+    print(f"{run['seconds']} s, load {load_before} -> {run['load_after']}")
+    return run
+
+
 def run_all(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list[dict[str, Any]]]:
     """Every selected benchmark in every available sandbox; figures and a log of the runs."""
     figures: list[Figure] = []
@@ -183,33 +205,24 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list
             print(f"{run['seconds']} s, load {load_before} -> {run['load_after']}")
     if "pandas" in args.only:
         n = args.repeat or DOCKER_RUN_REPEAT
-        print(f"pandas [docker run per request] n={n} ...", end=" ", flush=True)
-        started, load_before = time.monotonic(), load()
-        baseline = latency.bench_docker_run(DOCKER_IMAGE, n)
-        figures += [baseline, *latency.speedups(figures, baseline)]
-        run = {
-            "benchmark": "pandas (docker run)",
-            "sandbox": "-",
-            "seconds": round(time.monotonic() - started, 1),
-            "load_before": load_before,
-            "load_after": load(),
-        }
-        runs.append(run)
-        print(f"{run['seconds']} s, load {load_before} -> {run['load_after']}")
+        runs.append(
+            _once(
+                f"pandas [docker run per request] n={n}",
+                "pandas (docker run)",
+                lambda: _with_speedups(figures, latency.bench_docker_run(DOCKER_IMAGE, n)),
+                figures,
+            )
+        )
     if "cache" in args.only:
         n = args.repeat or BENCHMARKS["cache"].repeat
-        print(f"cache [in-process spill vs write_table] n={n} ...", end=" ", flush=True)
-        started, load_before = time.monotonic(), load()
-        figures += cache.bench_spill(n, workdir)
-        run = {
-            "benchmark": "cache (in-process spill)",
-            "sandbox": "-",
-            "seconds": round(time.monotonic() - started, 1),
-            "load_before": load_before,
-            "load_after": load(),
-        }
-        runs.append(run)
-        print(f"{run['seconds']} s, load {load_before} -> {run['load_after']}")
+        runs.append(
+            _once(
+                f"cache [in-process spill vs write_table] n={n}",
+                "cache (in-process spill)",
+                lambda: cache.bench_spill(n, workdir),
+                figures,
+            )
+        )
     return figures, runs
 
 

@@ -146,7 +146,9 @@ async def test_variables_list_frames_with_shape_dtypes_bytes_and_keys(
     assert_error(await client.get("/sessions/no-such/variables"), 404, "NOT_FOUND")
 
 
-async def test_a_result_frame_is_not_sent_twice(client: httpx.AsyncClient, session_id: str) -> None:
+async def test_a_frame_already_cached_is_not_sent_again(
+    client: httpx.AsyncClient, session_id: str
+) -> None:
     answer = await client.post(
         f"/sessions/{session_id}/execute",
         json={"language": "sql", "code": "SELECT * FROM airlines", "result_name": "al"},
@@ -154,6 +156,19 @@ async def test_a_result_frame_is_not_sent_twice(client: httpx.AsyncClient, sessi
     result_key = answer.json()["cache_key"]
     variables = await checkpointed(client, session_id, "al")
     assert variables["frames"][0]["cache_key"] == result_key
+    # Nor is a frame loaded by key, while it is unchanged.
+    await ok(client, session_id, f"again = load({result_key!r})")
+    keys = {
+        f["name"]: f["cache_key"]
+        for f in (await checkpointed(client, session_id, "again"))["frames"]
+    }
+    assert keys == {"al": result_key, "again": result_key}
+    await ok(client, session_id, "again = again.head(3)")
+    keys = {
+        f["name"]: f["cache_key"]
+        for f in (await checkpointed(client, session_id, "again"))["frames"]
+    }
+    assert keys["again"] != result_key
 
 
 async def test_lineage_names_code_and_input_keys(

@@ -233,7 +233,11 @@ def load(key: str) -> Any:
     remote = _client()
     if remote is not None:
         return remote.load(key).to_pandas()
-    return _fetch({"op": "load", "key": key}).to_pandas()
+    from dataexec_kernel.frames import note_cached
+
+    frame = _fetch({"op": "load", "key": key}).to_pandas()
+    note_cached(frame, key)  # a checkpoint of it, unchanged, is this key
+    return frame
 
 
 def _fetch(request: dict[str, Any]) -> Any:

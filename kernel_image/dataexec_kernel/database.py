@@ -33,6 +33,7 @@ CACHE_UNSUPPORTED = (
     "dataexec_kernel.connect(url, token), to {verb} through a DataExec server."
 )
 READ_ONLY_OPTION = "-c default_transaction_read_only=on"
+# As in server/sql/database.py: this package installs without the server, so it keeps a copy.
 CONNECTION_FAILURES = (
     "could not connect",
     "connection refused",

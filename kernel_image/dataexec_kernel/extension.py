@@ -189,6 +189,7 @@ class ResultCapture:
     def _cache(self, frame: Any) -> tuple[str | None, dict[str, str] | None]:
         """The frame's cache key, or why there is none (no broker, over a cap or the quota)."""
         from dataexec_kernel import data
+        from dataexec_kernel.frames import note_cached
 
         try:
             key = data.put_frame(frame)
@@ -196,7 +197,7 @@ class ResultCapture:
             return None, {"type": exc.type, "message": exc.message}
         except Exception as exc:  # columns Arrow cannot hold
             return None, {"type": "EXECUTION_ERROR", "message": f"not cached: {exc}"}
-        self.frames.note_sent(frame, key)
+        note_cached(frame, key)
         return key, None
 
     def checkpoint(self, budget: int) -> _Payload:

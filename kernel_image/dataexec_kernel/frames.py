@@ -4,8 +4,9 @@ After each step whose answer says the named frames changed (``changed``, cheap),
 asks for a checkpoint pass (a silent request, after the client has its answer): every
 DataFrame bound to a public name in the namespace is described
 (rows, columns, dtypes, in-memory bytes) and, smallest first within the session's budget,
-sent to the cache unless it is unchanged since its last checkpoint. A frame that is the
-cell's result was already sent; its key is reused rather than sending it twice.
+sent to the cache unless it is unchanged since its last checkpoint. A frame that is in the
+cache already (the cell's result, or a frame just loaded by key) keeps that key rather than
+being sent again.
 
 "Unchanged" is judged by a fingerprint: the object, its shape, columns, dtypes and a hash of
 up to ``SAMPLE_ROWS`` rows spread over the frame. An in-place edit of a few values that
@@ -40,6 +41,15 @@ def fingerprint(frame: Any) -> tuple[Any, ...]:
     return (id(frame), frame.shape, tuple(map(str, frame.columns)), dtypes, sample)
 
 
+# Frames that are in the cache already, by object: this step's results and loaded frames.
+# A checkpoint of one that is still unchanged reuses its key instead of sending it again.
+CACHED: dict[int, tuple[tuple[Any, ...], str]] = {}
+
+
+def note_cached(frame: Any, key: str) -> None:
+    CACHED[id(frame)] = (fingerprint(frame), key)
+
+
 def _frame_bytes(frame: Any) -> int:
     return int(frame.memory_usage(index=True, deep=True).sum())
 
@@ -50,7 +60,6 @@ class Frames:
     def __init__(self, ipython: Any) -> None:
         self.ipython = ipython
         self.checkpoints: dict[str, tuple[tuple[Any, ...], str]] = {}
-        self.sent: dict[int, tuple[tuple[Any, ...], str]] = {}  # this step's result frames
         self.seen: dict[str, tuple[Any, ...]] = {}  # every named frame at the last pass
 
     def changed(self) -> bool:
@@ -60,12 +69,8 @@ class Frames:
             fingerprint(frame) != self.seen[name] for name, frame in frames.items()
         ):
             return True
-        self.sent.clear()  # no pass follows to reuse them
+        CACHED.clear()  # no pass follows to reuse them
         return False
-
-    def note_sent(self, frame: Any, key: str) -> None:
-        """A frame went to the cache as a result; a checkpoint of it can reuse the key."""
-        self.sent[id(frame)] = (fingerprint(frame), key)
 
     def named_frames(self) -> dict[str, Any]:
         import pandas as pd
@@ -106,11 +111,11 @@ class Frames:
             mark = self.seen[name]
             known = self.checkpoints.get(name)
             if known is None or known[0] != mark:
-                sent = self.sent.get(id(frame))
+                cached = CACHED.get(id(frame))
                 try:
                     key = (
-                        sent[1]
-                        if sent and sent[0] == mark
+                        cached[1]
+                        if cached and cached[0] == mark
                         else data.put_frame(frame, "checkpoint", name)
                     )
                 except Exception as exc:  # a frame Arrow cannot hold, a full quota, ...
@@ -123,7 +128,7 @@ class Frames:
             entry["cache_key"] = known[1]
         for gone in set(self.checkpoints) - set(frames):
             del self.checkpoints[gone]
-        self.sent.clear()
+        CACHED.clear()
         return json.dumps({"frames": described}, default=str)
 
     def restore(self, keys: dict[str, str]) -> str:
