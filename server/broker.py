@@ -52,7 +52,7 @@ FRAME = struct.Struct(">I")
 MAX_REQUEST_BYTES = 1024 * 1024
 
 
-PUT_KINDS = ("result", "save", "checkpoint")
+PUT_KINDS = ("result", "save", "checkpoint")  # what kernels may put ("upload": over HTTP)
 
 
 @dataclass

@@ -335,7 +335,8 @@ and pandas and loads the `dataexec_kernel` extension, which defines
 DataFrame as `name`;
 - `conn`: a DB-API connection for other tools, e.g. `pd.read_sql(query, conn)`;
 - `load(key)`: the DataFrame cached under a cache key;
-- `save(df, name)`: caches a DataFrame and returns its new cache key (inside DataExec only).
+- `save(df, name)`: caches a DataFrame and returns its new cache key (inside DataExec, or \
+through a DataExec server).
 
 ## Re-running it outside DataExec
 

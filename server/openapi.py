@@ -147,6 +147,31 @@ def openapi_document() -> dict[str, Any]:
                     "503",
                 ),
             },
+            "/cache": {
+                "post": {
+                    **_with_response(
+                        _op(
+                            "Keep a frame (an Arrow IPC stream body, within max_body_bytes) "
+                            "under a new cache key: save() from outside DataExec",
+                            None,
+                            "400",
+                            "413",
+                        ),
+                        "201",
+                        "the new key's meta (as GET /cache/{key}/meta); Location: /cache/{key}",
+                        {"type": "object"},
+                    ),
+                    "parameters": [{"name": "name", "in": "query", "schema": {"type": "string"}}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/vnd.apache.arrow.stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            }
+                        },
+                    },
+                },
+            },
             "/cache/{key}": {
                 "parameters": [CACHE_KEY],
                 "get": {

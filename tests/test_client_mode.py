@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from conftest import ONE_SERVER, TOKEN_A, TOKEN_B, RunningServer, ok
 from dataexec_kernel import client as dx_client
 from dataexec_kernel import data
+from dataexec_kernel.remote import ARROW_STREAM
 from plain_kernel import CLIENT_ENV, clean_env, install_client_package, run_plain_kernel
 
 from server.sql.embedded import EmbeddedPostgres
@@ -157,9 +158,22 @@ async def test_remote_errors_are_the_package_exceptions(
     counted = await in_thread(dataexec_kernel.sql, query, {"m": 1, "c": "UA"})
     direct = read_direct(admin_engine, query, {"m": 1, "c": "UA"})
     assert int(counted.n[0]) == int(direct.n[0]) > 0
-    # What HTTP cannot do yet says so, without asking the server.
-    saved = await in_thread(raised, dataexec_kernel.save, pd.DataFrame({"a": [1]}))
-    assert isinstance(saved, data.Unsupported) and "upload" in str(saved)
+    # save() uploads the frame; its key loads back, for this tenant only.
+    frame = pd.DataFrame({"a": [1, 2], "s": ["x", None]})
+    key = await in_thread(dataexec_kernel.save, frame, "uploaded")
+    pd.testing.assert_frame_equal(await in_thread(dataexec_kernel.load, key), frame)
+    async with api.client() as mine, api.client(token=TOKEN_B) as other:
+        meta = (await mine.get(f"/cache/{key}/meta")).json()
+        assert meta["lineage"]["kind"] == "upload" and meta["lineage"]["name"] == "uploaded"
+        assert (await other.get(f"/cache/{key}/meta")).status_code == 404
+        refused = await mine.post(
+            "/cache", content=b"not arrow", headers={"Content-Type": ARROW_STREAM}
+        )
+        assert refused.status_code == 400 and refused.json()["detail"]["type"] == (
+            "VALIDATION_ERROR"
+        )
+        as_json = await mine.post("/cache", json={"a": [1]})
+        assert as_json.status_code == 400
 
 
 @ONE_SERVER
@@ -352,7 +366,7 @@ async def test_load_ext_in_a_plain_ipykernel_runs_an_exported_notebook(
     assert not facts["pip"].startswith("dataexec_kernel")
     assert results[4]["status"] == "error"
     assert results[4]["error"].startswith("SqlNotAllowed:")
-    assert results[5]["status"] == "error" and results[5]["error"].startswith("Unsupported:")
+    assert results[5]["status"] == "ok"  # save() uploads through the server
 
 
 # --- inside DataExec nothing changed -----------------------------------------------------------

@@ -4,7 +4,8 @@ Only the standard library speaks HTTP here (urllib), so the package needs nothin
 and pyarrow. ``sql(query)`` asks ``POST /execute`` for the query with no preview rows
 (``max_rows: 0``): the server checks it with its guard, runs it read-only and answers a cache
 key; the whole result then comes from ``GET /cache/{key}?format=arrow`` as an Arrow IPC
-stream, read batch by batch. ``load(key)`` is that download alone. Errors come back as
+stream, read batch by batch. ``load(key)`` is that download alone; ``save(frame)`` uploads
+the frame as Arrow (``POST /cache``). Errors come back as
 ``{"detail": {"type", "message"}}`` and are raised as the package's exception of that type.
 """
 
@@ -21,15 +22,9 @@ from dataexec_kernel.data import (
     AuthenticationFailed,
     DataExecError,
     ServerUnavailable,
-    Unsupported,
 )
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
-SAVE_UNSUPPORTED = (
-    "save() cannot keep a frame in DataExec's cache from outside a DataExec kernel: the "
-    "server's HTTP API has no upload of frames yet. Keep the frame in a variable, or write "
-    "it to a file (frame.to_parquet(...))."
-)
 
 
 class RemoteClient:
@@ -88,13 +83,33 @@ class RemoteClient:
                 ) from None
 
     def save(self, frame: Any, name: str | None = None) -> str:
-        raise Unsupported(SAVE_UNSUPPORTED)
+        """Upload ``frame`` as Arrow (``POST /cache``); its new cache key."""
+        import pyarrow as pa
+
+        from dataexec_kernel.data import arrow_table
+
+        table = arrow_table(frame)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        path = "/cache" + (f"?{urllib.parse.urlencode({'name': name})}" if name else "")
+        body = sink.getvalue().to_pybytes()
+        with self._request("POST", path, body, content_type=ARROW_STREAM) as response:
+            answer = json.load(response)
+        return str(answer["cache_key"])
 
     # --- HTTP --------------------------------------------------------------------------------
 
     def _request(
-        self, method: str, path: str, body: Any = None, *, accept: str = "application/json"
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        accept: str = "application/json",
+        content_type: str = "application/json",
     ) -> Any:
+        """``body`` is sent as JSON, or as it is (bytes) with ``content_type``."""
         from dataexec_kernel import __version__
 
         headers = {"Accept": accept, "User-Agent": f"dataexec-kernel/{__version__}"}
@@ -102,8 +117,8 @@ class RemoteClient:
             headers["Authorization"] = f"Bearer {self.token}"
         data = None
         if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            headers["Content-Type"] = content_type
         request = urllib.request.Request(self.url + path, data, headers, method=method)
         try:
             return urllib.request.urlopen(request, timeout=self.timeout)

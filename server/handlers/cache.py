@@ -1,4 +1,4 @@
-"""Cache keys over HTTP: download (parquet, arrow, csv, json), meta, delete.
+"""Cache keys over HTTP: upload (Arrow), download (parquet, arrow, csv, json), meta, delete.
 
 Downloads stream: Parquet is sent in chunks as it is on disk (with Content-Length); the
 other formats are converted record batch by record batch, so a frame of any size is never
@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from server.broker import Caller
 from server.cache import describe
 from server.errors import ValidationError
 from server.handlers.base import BaseHandler
@@ -79,6 +80,28 @@ def _parquet(path: Path) -> Iterator[bytes]:
 CONVERTERS = {"parquet": _parquet, "arrow": _arrow, "csv": _csv, "json": _json}
 
 
+class UploadHandler(BaseHandler):
+    """``POST /cache?name=...``: an Arrow IPC stream kept under a new key (``save()`` from
+    outside DataExec). The body is held whole, so ``max_body_bytes`` bounds it."""
+
+    async def post(self) -> None:
+        tenant = self.current_tenant()
+        kind = self.request.headers.get("Content-Type", "").split(";")[0].strip()
+        if kind != FORMATS["arrow"]:
+            raise ValidationError(f"upload a frame as an Arrow IPC stream ({FORMATS['arrow']})")
+        name = self.get_query_argument("name", None)
+        try:
+            table = pa.ipc.open_stream(self.request.body).read_all()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValidationError(f"the body is not an Arrow IPC stream: {exc}") from None
+        caller = Caller(tenant.name, "", "")
+        lineage = caller.lineage("upload", name[:200] if name else None)
+        key = await self.runtime.cache.spill(tenant.name, None, table, lineage)
+        entry = await self.runtime.cache.entry(tenant.name, key)
+        self.set_header("Location", f"/cache/{key}")
+        self.write_json(describe(entry), status=201)
+
+
 class CacheHandler(BaseHandler):
     async def get(self, key: str) -> None:
         tenant = self.current_tenant()
@@ -113,6 +136,7 @@ class CacheMetaHandler(BaseHandler):
 
 
 routes = [
+    (r"/cache", UploadHandler),
     (r"/cache/(?P<key>[^/]+)", CacheHandler),
     (r"/cache/(?P<key>[^/]+)/meta", CacheMetaHandler),
 ]
