@@ -40,7 +40,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from server.cache import CacheStore
+from server.cache import CacheStore, read_ipc
 from server.errors import DataExecError, OutputTooLarge, ValidationError
 from server.kernels.sandbox import BROKER_SOCKET
 from server.sql.database import QueryDatabase, QueryStream
@@ -208,7 +208,7 @@ class Broker:
         if size > cap:
             raise OutputTooLarge(f"the result frame is over {cap} bytes (sql_max_result_bytes)")
         body = await reader.readexactly(size)
-        table = pa.ipc.open_stream(body).read_all()
+        table = read_ipc(body)
         lineage = caller.lineage(kind, name[:200] if name else None)
         key = await self.cache.spill(caller.tenant, caller.store_id, table, lineage)
         writer.write(frame({"ok": True, "cache_key": key}))

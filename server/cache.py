@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from server.errors import DataExecError, NotFound, QuotaExceeded
+from server.errors import DataExecError, NotFound, QuotaExceeded, ValidationError
 from server.store import CacheEntry, CacheEviction, Store
 
 log = logging.getLogger(__name__)
@@ -265,6 +265,14 @@ class CacheStore:
         """Let running writes finish."""
         if self.writes:
             await asyncio.gather(*list(self.writes.values()), return_exceptions=True)
+
+
+def read_ipc(body: bytes) -> pa.Table:
+    """A frame sent to be cached (an Arrow IPC stream), or ValidationError if it is none."""
+    try:
+        return pa.ipc.open_stream(body).read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValidationError(f"not an Arrow IPC stream: {exc}") from None
 
 
 def reservation(table: pa.Table) -> int:

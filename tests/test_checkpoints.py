@@ -200,6 +200,17 @@ async def test_lineage_names_code_and_input_keys(
     assert saved_meta["row_count"] == 2
     refused = await run(client, session_id, "save([1, 2])")
     assert assert_error(refused, 400, "EXECUTION_ERROR")["ename"] == "TypeError"
+    # Garbage sent straight to the broker is refused as bad input, and the kernel goes on.
+    garbage = await run(
+        client,
+        session_id,
+        "from dataexec_kernel import data\n"
+        "with data._connect() as s:\n"
+        "    data._send_frame(s, {'op': 'put', 'bytes': 5}, b'junk!')\n"
+        "    answer = data._read_frame(s.makefile('rb'))\n"
+        "answer['error']['type']",
+    )
+    assert garbage.json()["data"]["rows"] == [["VALIDATION_ERROR"]]
 
 
 RANDOM = "np.random.default_rng({seed}).random({n})"  # incompressible: Parquet as big as Arrow

@@ -18,7 +18,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from server.broker import Caller
-from server.cache import describe
+from server.cache import describe, read_ipc
 from server.errors import ValidationError
 from server.handlers.base import BaseHandler
 from server.results import json_value
@@ -90,10 +90,7 @@ class UploadHandler(BaseHandler):
         if kind != FORMATS["arrow"]:
             raise ValidationError(f"upload a frame as an Arrow IPC stream ({FORMATS['arrow']})")
         name = self.get_query_argument("name", None)
-        try:
-            table = pa.ipc.open_stream(self.request.body).read_all()
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise ValidationError(f"the body is not an Arrow IPC stream: {exc}") from None
+        table = read_ipc(self.request.body)
         caller = Caller(tenant.name, "", "")
         lineage = caller.lineage("upload", name[:200] if name else None)
         key = await self.runtime.cache.spill(tenant.name, None, table, lineage)
