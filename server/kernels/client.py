@@ -12,6 +12,7 @@ kernel. So a flood cannot make the server buffer more than the cap.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -228,7 +229,12 @@ class KernelClient:
 
     def close(self) -> None:
         self.closed = True
-        for sock in (*self.sockets, *self.monitors):
+        # Stop each monitor first: a monitor's inproc endpoint is named after its socket's fd,
+        # and one left bound makes a later socket on the same fd fail or stall.
+        for sock in self.sockets:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+        for sock in (*self.monitors, *self.sockets):
             sock.close(linger=0)
 
 
