@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.sql.embedded import EmbeddedPostgres  # noqa: E402
+from server.embedded.postgres import EmbeddedPostgres  # noqa: E402
 from server.sql.introspect import describe_schema  # noqa: E402
 from server.sql.profile import profile_table  # noqa: E402
 

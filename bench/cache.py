@@ -44,9 +44,9 @@ import pyarrow.parquet as pq
 from harness import BenchServer, Figure, Target, ms_since, wait_until
 from latency import create_session, delete_session
 
-from server.cache import CacheStore
-from server.sql.embedded import EmbeddedPostgres
-from server.store import Store
+from server.cache.cache import CacheStore
+from server.embedded.postgres import EmbeddedPostgres
+from server.store.database import Store
 
 # One kernel for the spill and load session, one for an analysis, one idle in the pool.
 POOLS = """

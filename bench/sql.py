@@ -23,7 +23,7 @@ import warnings
 import httpx
 from harness import BenchServer, Figure, Target, ms_since
 
-from server.sql.embedded import EmbeddedPostgres
+from server.embedded.postgres import EmbeddedPostgres
 
 POOLS = """
 [pools.default]

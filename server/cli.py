@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             print("configuration is valid")
             return 0
         if args.command == "build-image":
-            from server.image import build_image
+            from server.ops.image import build_image
 
             print(build_image(settings))
             return 0

@@ -12,22 +12,22 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from server.broker import Broker
-from server.cache import CacheStore
+from server.broker.broker import Broker
+from server.cache.cache import CacheStore
 from server.config import Settings
 from server.errors import ConfigError, SandboxUnavailable
 from server.kernels.kernel import KernelLauncher
 from server.kernels.kerneldir import check_runtime_dir, install_kernel_lib
 from server.kernels.pool import KernelPool
 from server.kernels.sandbox import Sandbox
-from server.session_store import SessionStore
-from server.sessions import SessionManager
+from server.sessions.manager import SessionManager
+from server.sessions.records import SessionStore
 from server.sql.database import QueryDatabase
 from server.sql.guard import check_query
-from server.store import Store
+from server.store.database import Store
 
 if TYPE_CHECKING:
-    from server.sql.embedded import EmbeddedPostgres
+    from server.embedded.postgres import EmbeddedPostgres
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Runtime:
         """The configured database, else the embedded PostgreSQL (started, demo data loaded)."""
         if self.settings.database_url:
             return self.settings.database_url
-        from server.sql.embedded import EmbeddedPostgres
+        from server.embedded.postgres import EmbeddedPostgres
 
         self.embedded = EmbeddedPostgres(self.settings.state_dir, self.settings.demo_data)
         await asyncio.get_running_loop().run_in_executor(None, self.embedded.start)

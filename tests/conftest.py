@@ -25,8 +25,8 @@ import tornado.netutil
 
 from server.app import make_app
 from server.config import Settings, load_settings
+from server.embedded.postgres import EmbeddedPostgres
 from server.runtime import Runtime
-from server.sql.embedded import EmbeddedPostgres
 
 # The real embedded PostgreSQL with the demo data, shared by the whole run.
 pytest_plugins = ["db_fixtures"]

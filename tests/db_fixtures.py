@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from server.sql.embedded import EmbeddedPostgres
+from server.embedded.postgres import EmbeddedPostgres
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from conftest import (
 )
 
 from server.app import ROUTES
-from server.openapi import openapi_document
+from server.handlers.openapi_document import openapi_document
 
 
 async def test_health_needs_no_token_and_shows_pools(api: RunningServer) -> None:

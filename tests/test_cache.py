@@ -18,10 +18,10 @@ import pytest
 import sqlalchemy as sa
 from conftest import TOKEN_B, RunningServer, assert_error
 
-from server.cache import CacheStore, describe, reservation, write_parquet
+from server.cache.cache import CacheStore, describe, reservation, write_parquet
+from server.embedded.postgres import EmbeddedPostgres
 from server.errors import NotFound, QuotaExceeded
-from server.sql.embedded import EmbeddedPostgres
-from server.store import CacheEviction, Store
+from server.store.database import CacheEviction, Store
 
 QUERY = "SELECT carrier, count(*) AS n, avg(dep_delay) AS delay FROM flights GROUP BY carrier"
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -245,7 +245,7 @@ async def test_a_spill_waits_for_running_writes_rather_than_pass_the_quota(
         disk.wait(10)
         return write_parquet(path, table)
 
-    monkeypatch.setattr("server.cache.write_parquet", slow_write)
+    monkeypatch.setattr("server.cache.cache.write_parquet", slow_write)
     table = random_table(40_000)
     quota = 2 * reservation(table)
     cache = CacheStore(tmp_path / "cache", sqlite_store, 60, {"t": quota}, 2**40)

@@ -26,7 +26,7 @@ from conftest import (
     wait_for,
 )
 
-from server.sql.embedded import EmbeddedPostgres
+from server.embedded.postgres import EmbeddedPostgres
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -30,7 +30,7 @@ from dataexec_kernel import data
 from dataexec_kernel.remote import ARROW_STREAM
 from plain_kernel import CLIENT_ENV, clean_env, install_client_package, run_plain_kernel
 
-from server.sql.embedded import EmbeddedPostgres
+from server.embedded.postgres import EmbeddedPostgres
 
 JANUARY = "SELECT * FROM flights WHERE month = 1"  # 27,004 rows: over max_rows_cap (5,000)
 

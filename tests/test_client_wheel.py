@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from conftest import ONE_SERVER, RunningServer, assert_error
 
-from server import client_wheel
+from server.ops import client_wheel
 
 ROOT = Path(__file__).resolve().parent.parent
 

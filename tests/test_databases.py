@@ -10,9 +10,9 @@ import pytest
 from conftest import RunningServer, assert_error, make_settings, start_server
 
 from server.config import load_settings, with_default_tenant
+from server.embedded.postgres import EmbeddedPostgres
 from server.errors import SqlNotAllowed
 from server.sql.database import QueryDatabase
-from server.sql.embedded import EmbeddedPostgres
 
 TOKEN = "databases-token-0123456789"
 SMALL = """

@@ -16,8 +16,8 @@ import psycopg2.errors
 import pytest
 import sqlalchemy as sa
 
-from server.sql import demo
-from server.sql.embedded import PG_OS_USER, EmbeddedPostgres
+from server.embedded import demo
+from server.embedded.postgres import PG_OS_USER, EmbeddedPostgres
 from server.sql.introspect import describe_schema
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def _new_process_start(state_dir: Path, demo_data: bool, stop: bool) -> dict:
     code = f"""
 import json
 from pathlib import Path
-from server.sql.embedded import EmbeddedPostgres
+from server.embedded.postgres import EmbeddedPostgres
 pg = EmbeddedPostgres(Path({str(state_dir)!r}), demo_data={demo_data!r})
 pg.start()
 out = {{"timings": pg.timings, "port": pg.port}}
@@ -315,7 +315,7 @@ def test_stop_of_an_object_that_never_started_does_nothing(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="ACLs are only added when root runs the server")
 def test_search_only_acl_reaches_private_dirs_and_survives_chmod(tmp_path: Path) -> None:
-    from server.sql.embedded import _grant_search
+    from server.embedded.postgres import _grant_search
 
     account = pwd.getpwnam(PG_OS_USER)
     outer = tmp_path / "home"

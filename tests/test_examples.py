@@ -43,7 +43,7 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from plain_kernel import KERNEL_NAME, clean_env, install_client_package, plain_kernel_specs
 
-from server.notebook import RAISES_TAG, ImportedCell, cells_from_notebook
+from server.notebook.export import RAISES_TAG, ImportedCell, cells_from_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 EXAMPLES = sorted(NOTEBOOKS.glob("*.ipynb"))

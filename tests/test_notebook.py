@@ -1,4 +1,4 @@
-"""The notebook export and import (server/notebook.py), from hand-made history records.
+"""The notebook export and import (server/notebook/), from hand-made history records.
 
 No server and no kernel: the records stand for what a session stored, with every kind of
 output a kernel sends. nbclient runs one built notebook when it is installed.
@@ -19,8 +19,7 @@ import nbformat
 import pytest
 
 from server.errors import ValidationError
-from server.history import ExecutionRecord
-from server.notebook import (
+from server.notebook.export import (
     MAX_IMPORTED_CELLS,
     RAISES_TAG,
     SETUP_LINES,
@@ -31,6 +30,7 @@ from server.notebook import (
     cells_from_notebook,
     to_percent_script,
 )
+from server.sessions.history import ExecutionRecord
 
 SESSION = NotebookSession(
     session_id="sales-q3",

@@ -22,7 +22,7 @@ from conftest import (
     wait_for,
 )
 
-from server.sql.embedded import EmbeddedPostgres
+from server.embedded.postgres import EmbeddedPostgres
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHART = """\

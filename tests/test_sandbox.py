@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from conftest import RunningServer, connect_from_kernel, ok, value_of
 
-from server.sql.embedded import EmbeddedPostgres
+from server.embedded.postgres import EmbeddedPostgres
 
 
 async def test_kernel_runs_as_an_unprivileged_user(

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from server.embedded.postgres import EmbeddedPostgres
 from server.errors import DatabaseUnavailable, NotFound
-from server.sql.embedded import EmbeddedPostgres
 from server.sql.introspect import describe_schema
 from server.sql.profile import profile_table
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from conftest import RunningServer, assert_error, connect_from_kernel, ok, run, value_of, wait_for
 from test_guard import REJECTED
 
-from server.sql.embedded import EmbeddedPostgres
+from server.embedded.postgres import EmbeddedPostgres
 
 FLIGHTS = 336_776
 

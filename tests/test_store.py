@@ -21,8 +21,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.orm import Session
 
-from server.sql.embedded import STORE_DATABASE, EmbeddedPostgres
-from server.store import Base, CacheEntry, CacheEviction, ExecutionRow, SessionRow, Store
+from server.embedded.postgres import STORE_DATABASE, EmbeddedPostgres
+from server.store.database import Base, CacheEntry, CacheEviction, ExecutionRow, SessionRow, Store
 
 TABLES = {"sessions", "executions", "session_frames", "cache_entries", "cache_evictions"}
 

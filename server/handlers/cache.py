@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from server.broker import Caller
-from server.cache import describe, read_ipc
+from server.broker.broker import Caller
+from server.cache.cache import describe, read_ipc
+from server.cache.results import json_value
 from server.errors import ValidationError
 from server.handlers.base import BaseHandler
-from server.results import json_value
 
 CHUNK = 1024 * 1024
 BATCH_ROWS = 65_536

@@ -6,9 +6,9 @@ token.
 
 from __future__ import annotations
 
-from server import client_wheel
 from server.errors import NotFound
 from server.handlers.base import BaseHandler
+from server.ops import client_wheel
 
 
 class ClientHandler(BaseHandler):

@@ -17,7 +17,7 @@ from typing import Any
 
 from server.errors import ValidationError
 from server.handlers.base import BaseHandler, int_field, str_field
-from server.sessions import ExecutionRequest
+from server.sessions.manager import ExecutionRequest
 
 LANGUAGES = ("python", "sql")
 SCALARS = (str, int, float, bool)

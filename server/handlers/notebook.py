@@ -13,7 +13,7 @@ import nbformat
 from server import __version__
 from server.errors import ValidationError
 from server.handlers.base import BaseHandler
-from server.notebook import NotebookSession, build_notebook, to_percent_script
+from server.notebook.export import NotebookSession, build_notebook, to_percent_script
 
 FORMATS = {
     "ipynb": ("application/x-ipynb+json", "ipynb"),

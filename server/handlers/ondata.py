@@ -21,7 +21,7 @@ from typing import Any
 from server.errors import ValidationError
 from server.handlers.base import int_field, str_field
 from server.handlers.execute import ExecuteBase
-from server.sessions import ExecutionRequest
+from server.sessions.manager import ExecutionRequest
 
 MISSING_RESULT = (
     "if 'result_df' not in globals():\n"

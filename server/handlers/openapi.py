@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from server.handlers.base import BaseHandler
-from server.openapi import openapi_document
+from server.handlers.openapi_document import openapi_document
 
 
 class OpenAPIHandler(BaseHandler):

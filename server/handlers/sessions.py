@@ -7,8 +7,8 @@ from typing import Any
 
 from server.errors import NotFound, ValidationError
 from server.handlers.base import BaseHandler, int_field, str_field
-from server.notebook import cells_from_notebook
-from server.replay import Replay
+from server.notebook.export import cells_from_notebook
+from server.sessions.replay import Replay
 
 
 class SessionsHandler(BaseHandler):

@@ -1,0 +1,5 @@
+"""The analysed database: the SQL guard, read-only queries streamed as Arrow, the
+schema and column profiles, and the one translator of driver errors.
+
+May import: config, errors. Nothing of sessions, kernels or the cache.
+"""

@@ -1,7 +1,7 @@
 """A session's history as the store keeps it: what ran, how it went, what it produced.
 
 These records are what outlives kernels and server restarts, and what the notebook export
-reads. They are plain values: ``server.session_store`` reads and writes them.
+reads. They are plain values: ``server.sessions.records`` reads and writes them.
 """
 
 from __future__ import annotations

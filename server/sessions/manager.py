@@ -11,7 +11,7 @@ client has its answer, a checkpoint pass sends the session's named DataFrames th
 to the cache (within ``checkpoint_budget_bytes``) and the step is written to the store. The
 next request after a loss gets a fresh kernel with those frames loaded back, and says
 ``kernel_replaced: true``, why, and ``restored_frames``. ``execution_count`` runs on across
-replacements. Sessions and their steps live in the store (``server.session_store``), so
+replacements. Sessions and their steps live in the store (``server.sessions.records``), so
 they outlive the server too.
 """
 
@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from server.broker import Broker, Caller
-from server.cache import CacheStore
+from server.broker.broker import Broker, Caller
+from server.cache.cache import CacheStore
+from server.cache.results import table_result
 from server.config import Settings, TenantSettings
 from server.errors import (
     Conflict,
@@ -48,14 +49,13 @@ from server.errors import (
     SqlNotAllowed,
     ValidationError,
 )
-from server.history import ExecutionRecord, FrameRecord
 from server.kernels.kernel import Kernel
 from server.kernels.pool import KernelPool
-from server.results import table_result
-from server.session_store import SessionStore
+from server.sessions.history import ExecutionRecord, FrameRecord
+from server.sessions.records import SessionStore
 
 if TYPE_CHECKING:
-    from server.replay import Replay
+    from server.sessions.replay import Replay
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

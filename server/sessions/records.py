@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from server.history import ExecutionRecord, FrameRecord
-from server.store import ExecutionRow, FrameRow, SessionRow, Store
+from server.sessions.history import ExecutionRecord, FrameRecord
+from server.store.database import ExecutionRow, FrameRow, SessionRow, Store
 
 
 def _utc(value: dt.datetime) -> dt.datetime:

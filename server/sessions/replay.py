@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.errors import DataExecError
-from server.notebook import ImportedCell
-from server.sessions import ExecutionRequest, Session, SessionManager
+from server.notebook.export import ImportedCell
+from server.sessions.manager import ExecutionRequest, Session, SessionManager
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from server.cache import CacheStore, read_ipc
+from server.cache.cache import CacheStore, read_ipc
 from server.errors import DataExecError, OutputTooLarge, ValidationError
 from server.kernels.sandbox import BROKER_SOCKET
 from server.sql.database import QueryDatabase, QueryStream

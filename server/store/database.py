@@ -14,7 +14,7 @@ Tables, one model each:
                      ``path`` is relative to the cache dir and built from the key only
     cache_evictions  why and when a key went away (so a read of it can say so)
 
-The schema changes only through the Alembic migrations in ``server/migrations``;
+The schema changes only through the Alembic migrations in ``server/store/migrations``;
 ``Store.upgrade()`` runs them to head and is a no-op when the store is current. A test
 checks that these models and the migrations agree.
 

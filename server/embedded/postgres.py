@@ -74,8 +74,8 @@ import psycopg2
 from psycopg2 import sql as pgsql
 from sqlalchemy import URL
 
+from server.embedded import demo
 from server.errors import DatabaseUnavailable, DataExecError
-from server.sql import demo
 
 log = logging.getLogger(__name__)
 

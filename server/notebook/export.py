@@ -38,7 +38,7 @@ from typing import Any
 import nbformat
 
 from server.errors import ValidationError
-from server.history import ExecutionRecord
+from server.sessions.history import ExecutionRecord
 
 MAX_IMPORTED_CELLS = 500
 SETUP_LINES = ("import numpy as np", "import pandas as pd", "%load_ext dataexec_kernel")

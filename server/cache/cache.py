@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from server.errors import DataExecError, NotFound, QuotaExceeded, ValidationError
-from server.store import CacheEntry, CacheEviction, Store
+from server.store.database import CacheEntry, CacheEviction, Store
 
 log = logging.getLogger(__name__)
 
