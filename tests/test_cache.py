@@ -18,10 +18,11 @@ import pytest
 import sqlalchemy as sa
 from conftest import TOKEN_B, RunningServer, assert_error
 
-from server.cache.cache import CacheStore, describe, reservation, write_parquet
+from server.cache.cache import Cache, describe, reservation, write_parquet
 from server.embedded.postgres import EmbeddedPostgres
 from server.errors import NotFound, QuotaExceeded
-from server.store.database import CacheEviction, Store
+from server.store.database import StoreDatabase
+from server.store.models import CacheEviction
 
 QUERY = "SELECT carrier, count(*) AS n, avg(dep_delay) AS delay FROM flights GROUP BY carrier"
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -166,9 +167,9 @@ async def test_a_frame_arrow_cannot_hold_still_answers(
 async def test_the_cache_index_works_in_the_postgresql_store(
     embedded_pg: EmbeddedPostgres, tmp_path: Path
 ) -> None:
-    store = Store(embedded_pg.store_url)
+    store = StoreDatabase(embedded_pg.store_url)
     await asyncio.get_running_loop().run_in_executor(None, store.upgrade)
-    cache = CacheStore(tmp_path / "cache", store, ttl_s=60, quotas={}, default_quota=2**40)
+    cache = Cache(tmp_path / "cache", store, ttl_s=60, quotas={}, default_quota=2**40)
     try:
         key = await cache.spill("pg-tenant", None, pa.table({"a": [1, 2]}), {"sql": "q"})
         entry = await cache.entry("pg-tenant", key)
@@ -187,18 +188,18 @@ def random_table(rows: int) -> pa.Table:
 
 
 @pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[StoreDatabase]:
+    store = StoreDatabase(f"sqlite:///{tmp_path / 'store.db'}")
     await asyncio.get_running_loop().run_in_executor(None, store.upgrade)
     yield store
     store.close()
 
 
 async def test_quota_evicts_least_recently_used_keys_first(
-    sqlite_store: Store, tmp_path: Path
+    sqlite_store: StoreDatabase, tmp_path: Path
 ) -> None:
     table = random_table(40_000)  # 320 kB
-    cache = CacheStore(tmp_path / "cache", sqlite_store, 60, {}, default_quota=2**40)
+    cache = Cache(tmp_path / "cache", sqlite_store, 60, {}, default_quota=2**40)
     first, second, third = [await cache.spill("t", None, table, {}) for _ in range(3)]
     for key in (first, second, third):
         size = (await cache.entry("t", key)).bytes  # `first` is the least recently used...
@@ -223,10 +224,10 @@ async def test_quota_evicts_least_recently_used_keys_first(
 
 
 async def test_a_frame_over_the_whole_quota_is_refused_and_nothing_is_evicted(
-    sqlite_store: Store, tmp_path: Path
+    sqlite_store: StoreDatabase, tmp_path: Path
 ) -> None:
     small, big = random_table(1_000), random_table(100_000)
-    cache = CacheStore(tmp_path / "cache", sqlite_store, 60, {"t": reservation(big) - 1}, 2**40)
+    cache = Cache(tmp_path / "cache", sqlite_store, 60, {"t": reservation(big) - 1}, 2**40)
     kept = await cache.spill("t", None, small, {})
     with pytest.raises(QuotaExceeded, match="more than this tenant's whole cache quota"):
         await cache.spill("t", None, big, {})
@@ -236,7 +237,7 @@ async def test_a_frame_over_the_whole_quota_is_refused_and_nothing_is_evicted(
 
 
 async def test_a_spill_waits_for_running_writes_rather_than_pass_the_quota(
-    sqlite_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_store: StoreDatabase, tmp_path: Path
 ) -> None:
     # A slow disk, faked: the only way to keep real writes running on cue.
     disk = threading.Event()
@@ -245,10 +246,9 @@ async def test_a_spill_waits_for_running_writes_rather_than_pass_the_quota(
         disk.wait(10)
         return write_parquet(path, table)
 
-    monkeypatch.setattr("server.cache.cache.write_parquet", slow_write)
     table = random_table(40_000)
     quota = 2 * reservation(table)
-    cache = CacheStore(tmp_path / "cache", sqlite_store, 60, {"t": quota}, 2**40)
+    cache = Cache(tmp_path / "cache", sqlite_store, 60, {"t": quota}, 2**40, write=slow_write)
     # Two spills reserve the whole quota; a third waits for their writes, then evicts the
     # older of them.
     first, second = [await cache.spill("t", None, table, {}) for _ in range(2)]
@@ -264,8 +264,10 @@ async def test_a_spill_waits_for_running_writes_rather_than_pass_the_quota(
     assert sum(e.bytes for e in kept) <= quota
 
 
-async def test_expired_keys_are_swept_and_say_so(sqlite_store: Store, tmp_path: Path) -> None:
-    cache = CacheStore(tmp_path / "cache", sqlite_store, 0.05, {}, 2**40)
+async def test_expired_keys_are_swept_and_say_so(
+    sqlite_store: StoreDatabase, tmp_path: Path
+) -> None:
+    cache = Cache(tmp_path / "cache", sqlite_store, 0.05, {}, 2**40)
     key = await cache.spill("t", None, pa.table({"a": [1]}), {})
     await cache.close()
     await asyncio.sleep(0.1)

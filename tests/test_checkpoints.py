@@ -204,10 +204,10 @@ async def test_lineage_names_code_and_input_keys(
     garbage = await run(
         client,
         session_id,
-        "from dataexec_kernel import data\n"
-        "with data._connect() as s:\n"
-        "    data._send_frame(s, {'op': 'put', 'bytes': 5}, b'junk!')\n"
-        "    answer = data._read_frame(s.makefile('rb'))\n"
+        "from dataexec_kernel import broker, protocol\n"
+        "with broker._connect() as s:\n"
+        "    s.sendall(protocol.encode_frame({'op': 'put', 'bytes': 5}) + b'junk!')\n"
+        "    answer = broker._read_frame(s.makefile('rb'))\n"
         "answer['error']['type']",
     )
     assert garbage.json()["data"]["rows"] == [["VALIDATION_ERROR"]]

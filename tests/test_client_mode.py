@@ -20,14 +20,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dataexec_client as dx_client
 import dataexec_kernel
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 from conftest import ONE_SERVER, TOKEN_A, TOKEN_B, RunningServer, ok
-from dataexec_kernel import client as dx_client
-from dataexec_kernel import data
-from dataexec_kernel.remote import ARROW_STREAM
+from dataexec_kernel import errors, helpers
+from dataexec_kernel.protocol import ARROW_STREAM
 from plain_kernel import CLIENT_ENV, clean_env, install_client_package, run_plain_kernel
 
 from server.embedded.postgres import EmbeddedPostgres
@@ -89,7 +89,7 @@ async def test_remote_sql_from_the_environment_returns_the_whole_result(
     assert [t.kind for t in frame.dtypes] == [t.kind for t in direct.dtypes]
     pd.testing.assert_frame_equal(sorted_frame(frame), sorted_frame(direct), check_dtype=False)
     assert frame["carrier"].notna().all() and frame["dep_delay"].dtype == "float64"
-    assert "DataExec at " + api.url in repr(data.make_conn())
+    assert "DataExec at " + api.url in repr(helpers.make_conn())
     empty = await in_thread(dataexec_kernel.sql, "SELECT carrier, name FROM airlines WHERE false")
     assert list(empty.columns) == ["carrier", "name"] and len(empty) == 0
 
@@ -134,24 +134,24 @@ async def test_remote_errors_are_the_package_exceptions(
 ) -> None:
     dataexec_kernel.connect(api.url, TOKEN_A)
     refused = await in_thread(raised, dataexec_kernel.sql, "DELETE FROM flights")
-    assert isinstance(refused, data.SqlNotAllowed) and refused.type == "SQL_NOT_ALLOWED"
+    assert isinstance(refused, errors.SqlNotAllowed) and refused.type == "SQL_NOT_ALLOWED"
     assert refused.status == 400 and refused.message
     sneaky = "WITH d AS (DELETE FROM flights RETURNING *) SELECT count(*) FROM d"
-    assert isinstance(await in_thread(raised, dataexec_kernel.sql, sneaky), data.SqlNotAllowed)
+    assert isinstance(await in_thread(raised, dataexec_kernel.sql, sneaky), errors.SqlNotAllowed)
     failed = await in_thread(raised, dataexec_kernel.sql, "SELECT no_such_column FROM flights")
-    assert isinstance(failed, data.DatabaseError) and "no_such_column" in str(failed)
+    assert isinstance(failed, errors.DatabaseError) and "no_such_column" in str(failed)
 
     missing = await in_thread(raised, dataexec_kernel.load, str(uuid.uuid4()))
-    assert isinstance(missing, data.CacheKeyNotFound) and missing.status == 404
+    assert isinstance(missing, errors.CacheKeyNotFound) and missing.status == 404
     odd = await in_thread(raised, dataexec_kernel.load, "../../etc/passwd")
-    assert isinstance(odd, data.CacheKeyNotFound)
+    assert isinstance(odd, errors.CacheKeyNotFound)
 
     # Another tenant's key is simply unknown.
     async with api.client(token=TOKEN_B) as other:
         answer = await other.post("/execute", json={"language": "sql", "code": "SELECT 1 AS a"})
         foreign_key = answer.json()["cache_key"]
     foreign = await in_thread(raised, dataexec_kernel.load, foreign_key)
-    assert isinstance(foreign, data.CacheKeyNotFound)
+    assert isinstance(foreign, errors.CacheKeyNotFound)
 
     # :name parameters travel with the query.
     query = "SELECT count(*) AS n FROM flights WHERE month = :m AND carrier = :c"
@@ -180,14 +180,14 @@ async def test_remote_errors_are_the_package_exceptions(
 async def test_a_bad_or_missing_token_is_a_clear_auth_error(api: RunningServer) -> None:
     dataexec_kernel.connect(api.url, "not-a-token")
     bad = await in_thread(raised, dataexec_kernel.sql, "SELECT 1")
-    assert isinstance(bad, data.AuthenticationFailed) and bad.type == "UNAUTHORIZED"
+    assert isinstance(bad, errors.AuthenticationFailed) and bad.type == "UNAUTHORIZED"
     assert "refused" in str(bad) and "DATAEXEC_TOKEN" in str(bad)
     dataexec_kernel.connect(api.url)  # no token given and none in the environment
     none = await in_thread(raised, dataexec_kernel.load, str(uuid.uuid4()))
-    assert isinstance(none, data.AuthenticationFailed) and "no token was given" in str(none)
+    assert isinstance(none, errors.AuthenticationFailed) and "no token was given" in str(none)
     dataexec_kernel.connect("http://127.0.0.1:9", TOKEN_A)  # nothing listens there
     unreachable = await in_thread(raised, dataexec_kernel.sql, "SELECT 1")
-    assert isinstance(unreachable, data.ServerUnavailable) and "cannot reach" in str(unreachable)
+    assert isinstance(unreachable, errors.ServerUnavailable) and "cannot reach" in str(unreachable)
 
 
 # --- database mode ---------------------------------------------------------------------------
@@ -215,16 +215,16 @@ async def test_database_mode_with_and_without_params(
     direct = read_direct(admin_engine, "SELECT * FROM flights WHERE month = 2")
     pd.testing.assert_frame_equal(sorted_frame(plain), sorted_frame(direct), check_dtype=False)
     # pandas' own API on conn, and the magic's function.
-    conn = data.make_conn()
+    conn = helpers.make_conn()
     counted = await in_thread(pd.read_sql, "SELECT count(*) AS n FROM airlines", conn)
     assert counted["n"].tolist() == [16]
     assert "the database at postgresql://" in repr(conn) and "@" in repr(conn)
     assert embedded_pg.query_url.password not in repr(conn)
     # The cache is DataExec's: say so.
     missing = await in_thread(raised, dataexec_kernel.load, str(uuid.uuid4()))
-    assert isinstance(missing, data.Unsupported) and "DATAEXEC_URL" in str(missing)
+    assert isinstance(missing, errors.Unsupported) and "DATAEXEC_URL" in str(missing)
     failed = await in_thread(raised, dataexec_kernel.sql, "SELECT nope FROM flights")
-    assert isinstance(failed, data.DatabaseError) and "nope" in str(failed)
+    assert isinstance(failed, errors.DatabaseError) and "nope" in str(failed)
 
 
 async def test_database_mode_is_read_only_even_with_a_writing_role(
@@ -237,7 +237,7 @@ async def test_database_mode_is_read_only_even_with_a_writing_role(
         (f"CREATE TEMP TABLE {name} AS SELECT :v AS a", {"v": 1}),  # SQLAlchemy path
     ):
         refused = await in_thread(raised, dataexec_kernel.sql, statement, params)
-        assert isinstance(refused, data.DatabaseError), refused
+        assert isinstance(refused, errors.DatabaseError), refused
         assert "read-only" in str(refused)
     # The same client still answers queries after the refusals.
     frame = await in_thread(dataexec_kernel.sql, "SELECT count(*) AS n FROM airlines")
@@ -294,7 +294,7 @@ def test_the_wheel_holds_the_package_only_with_light_dependencies(
     [info] = installed_package.glob("dataexec_kernel-*.dist-info")
     assert info.name == f"dataexec_kernel-{dataexec_kernel.__version__}.dist-info"
     tops = {p.name for p in installed_package.iterdir() if not p.name.endswith(".dist-info")}
-    assert tops - {"bin"} == {"dataexec_kernel"}
+    assert tops - {"bin"} == {"dataexec_kernel", "dataexec_client"}
     metadata = (info / "METADATA").read_text()
     required = [
         line.split(":", 1)[1].strip()
@@ -304,8 +304,10 @@ def test_the_wheel_holds_the_package_only_with_light_dependencies(
     assert sorted(r.split(">")[0].split("=")[0].lower() for r in required) == ["pandas", "pyarrow"]
     assert "Name: dataexec-kernel" in metadata
     assert 'Requires-Dist: SQLAlchemy>=2.0; extra == "database"' in metadata
-    for module in ("client.py", "remote.py", "database.py", "data.py", "extension.py"):
+    for module in ("protocol.py", "helpers.py", "capture.py"):
         assert (installed_package / "dataexec_kernel" / module).is_file()
+    for module in ("__init__.py", "remote.py", "database.py"):
+        assert (installed_package / "dataexec_client" / module).is_file()
 
 
 NOTEBOOK_SETUP = "import numpy as np\nimport pandas as pd\n%load_ext dataexec_kernel"
@@ -382,13 +384,15 @@ async def test_inside_a_dataexec_kernel_the_broker_still_answers(
             http,
             session_id,
             "month_1 = sql('SELECT count(*) AS n FROM flights WHERE month = :m', {'m': 1})\n"
-            "import dataexec_kernel.client as c\n"
+            "import importlib.util\n"
             "pd.DataFrame({'n': [int(month_1['n'][0])], 'conn': [repr(conn)],"
-            " 'capture': ['__dataexec__' in dir()], 'client': [repr(c.current())],"
+            " 'capture': ['__dataexec__' in dir()],"
+            " 'client': [importlib.util.find_spec('dataexec_client') is None],"
             " 'key': [save(month_1)]})",
         )
         [[n, conn_repr, capture, current, key]] = answer["data"]["rows"]
-        assert n == 27_004 and capture is True and current == "None"
+        # The analysts' client (and its database drivers) never ships into a kernel.
+        assert n == 27_004 and capture is True and current is True
         assert conn_repr == "<dataexec conn: read-only SQL through the DataExec broker>"
         saved = await http.get(f"/cache/{key}/meta")
         assert saved.status_code == 200 and saved.json()["row_count"] == 1

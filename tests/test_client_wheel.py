@@ -30,8 +30,8 @@ async def test_pip_installs_the_client_from_the_server(api: RunningServer, tmp_p
     )  # fmt: skip
     output, _ = await pip.communicate()
     assert pip.returncode == 0, output.decode()
-    installed = target / "dataexec_kernel"
-    assert (installed / "remote.py").is_file() and (installed / "fonts.conf").is_file()
+    assert (target / "dataexec_client" / "remote.py").is_file()
+    assert (target / "dataexec_kernel" / "fonts.conf").is_file()
     probe = await asyncio.create_subprocess_exec(
         sys.executable, "-I", "-c",
         "import sys; sys.path.insert(0, sys.argv[1]); import dataexec_kernel as k; "

@@ -43,7 +43,8 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from plain_kernel import KERNEL_NAME, clean_env, install_client_package, plain_kernel_specs
 
-from server.notebook.export import RAISES_TAG, ImportedCell, cells_from_notebook
+from server.notebook.export import RAISES_TAG
+from server.notebook.importer import ImportedCell, cells_from_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 EXAMPLES = sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -70,13 +71,13 @@ def _record_results():
 
     def post_run_cell(result):
         import pyarrow.parquet as pq
-        from dataexec_kernel.data import arrow_table
-        from dataexec_kernel.extension import _as_frame
+        from dataexec_kernel.capture import as_frame
+        from dataexec_kernel.protocol import arrow_table
 
         # DataExec clears result_df before each cell; a plain kernel keeps it, so a cell set
         # it only when it is a different object than before the cell.
         now = ipython.user_ns.get("result_df", unset)
-        frame = _as_frame(now if now is not before["result_df"] else result.result)
+        frame = as_frame(now if now is not before["result_df"] else result.result)
         if frame is not None and result.execution_count is not None:
             pq.write_table(arrow_table(frame), results / f"{{result.execution_count}}.parquet")
 

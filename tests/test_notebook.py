@@ -15,21 +15,14 @@ import struct
 import zlib
 from typing import Any
 
+import jupytext
 import nbformat
 import pytest
 
 from server.errors import ValidationError
-from server.notebook.export import (
-    MAX_IMPORTED_CELLS,
-    RAISES_TAG,
-    SETUP_LINES,
-    NotebookSession,
-    _is_magic,
-    _QuoteTracker,
-    build_notebook,
-    cells_from_notebook,
-    to_percent_script,
-)
+from server.notebook.export import RAISES_TAG, SETUP_LINES, NotebookSession, build_notebook
+from server.notebook.importer import MAX_IMPORTED_CELLS, cells_from_notebook
+from server.notebook.percent import to_percent_script
 from server.sessions.history import ExecutionRecord
 
 SESSION = NotebookSession(
@@ -45,7 +38,7 @@ KEY_DELAYS = "9b8a7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 REQUEST_ID = "req-5d41402abc4b2a76b9719d911017c592"
 CARRIERS_SQL = "SELECT carrier, count(*) AS n\nFROM flights\nGROUP BY carrier"
 ON_DATA_CODE = "result_df = input_data['prev'].nlargest(3, 'n')"
-# The cell that POST /execute-on-data prepares (server/handlers/ondata.py, on_data_code).
+# The cell that POST /execute-on-data prepares (server/sessions/execution.py, on_data_request).
 ON_DATA_CELL = "\n".join(
     [
         "import json",
@@ -531,7 +524,9 @@ def test_percent_script_has_a_jupytext_header_and_one_marker_per_cell() -> None:
     assert script.startswith(
         "# ---\n# jupyter:\n#   jupytext:\n#     text_representation:\n"
         "#       extension: .py\n#       format_name: percent\n"
-        "#       format_version: '1.3'\n#   kernelspec:\n#     display_name: Python 3\n"
+        "#       format_version: '1.3'\n"
+        f"#       jupytext_version: {jupytext.__version__}\n"
+        "#   kernelspec:\n#     display_name: Python 3\n"
         "#     language: python\n#     name: python3\n# ---\n\n# %% [markdown]\n"
         "# # DataExec session `sales-q3`\n#\n"
     )
@@ -562,75 +557,7 @@ def test_percent_script_has_no_outputs() -> None:
         assert output not in script
 
 
-@pytest.mark.parametrize(
-    ("source", "written"),
-    [
-        ("%time x = 1", "# %%\n# %time x = 1"),
-        ("!ls -l", "# %%\n# !ls -l"),
-        ("ls", "# %%\n# ls"),
-        ("ls = 3", "# %%\nls = 3"),
-        ("files = !ls", "# %%\n# files = !ls"),
-        ("df?", "# %%\n# df?"),
-        ("# %matplotlib inline", "# %%\n# # %matplotlib inline"),
-        ("%%timeit\nx = 1", "# %%\n# %%timeit\nx = 1"),
-        ("%%bash\nls", '# %% language="bash"\n# ls'),
-        ("%%sql\nSELECT 1", '# %% language="sql"\n# SELECT 1'),
-        ("s = '''\n%not_a_magic\n'''", "# %%\ns = '''\n%not_a_magic\n'''"),
-        ("x = '#'\n%who", "# %%\nx = '#'\n# %who"),
-        ("%run a \\\n  b", "# %%\n# %run a \\\n#   b"),
-        ("  %env A=1", "  # %%\n  # %env A=1"),
-        ("x = 1  # 50% off", "# %%\nx = 1  # 50% off"),
-        ("", "# %%"),
-    ],
-)
-def test_percent_script_comments_magics_by_jupytext_rules(source: str, written: str) -> None:
-    # Expected texts are what jupytext 1.19 writes for these cells (checked against it).
-    cell = nbformat.v4.new_code_cell(source)
-    script = to_percent_script(nbformat.v4.new_notebook(cells=[cell]))
-    assert script.split("# ---\n\n", 1)[1] == written + "\n"
-
-
-def _read_percent(script: str) -> list[tuple[str, str]]:
-    """(cell_type, source) per cell, read back by jupytext's rules for the percent format."""
-    body = script.split("# ---\n\n", 1)[1]
-    chunks = re.split(r"^(# %%(?: .*)?)\n", body, flags=re.M)[1:]
-    cells = []
-    for marker, content in zip(chunks[::2], chunks[1::2], strict=True):
-        lines = content.split("\n")[:-1]  # the newline before the next marker or at the end
-        if lines and lines[-1] == "":
-            lines = lines[:-1]  # the blank line between cells
-        if marker == "# %% [markdown]":
-            cells.append(("markdown", "\n".join(_uncomment(line) for line in lines)))
-            continue
-        language = re.search(r'language="(\w+)"', marker)
-        if language:
-            args = re.search(r'magic_args="([^"]*)"', marker)
-            head = f"%%{language.group(1)}" + (f" {args.group(1)}" if args else "")
-            cells.append(("code", "\n".join([head, *(_uncomment(line) for line in lines)])))
-            continue
-        quotes, source = _QuoteTracker(), []
-        for line in lines:
-            magic = not quotes.is_quoted() and _is_magic(line)
-            source.append(_uncomment(line) if magic else line)
-            quotes.read_line(line)
-        cells.append(("code", "\n".join(source)))
-    return cells
-
-
-def _uncomment(line: str) -> str:
-    body = line.lstrip()
-    indent = line[: len(line) - len(body)]
-    return indent + (body[2:] if body.startswith("# ") else body[1:] if body[:1] == "#" else body)
-
-
-def test_percent_script_reads_back_to_the_same_cells() -> None:
-    nb = build_notebook(SESSION, _records())
-    read = _read_percent(to_percent_script(nb))
-    assert read == [(c.cell_type, c.source) for c in nb.cells]
-
-
 def test_percent_script_round_trips_through_jupytext() -> None:
-    jupytext = pytest.importorskip("jupytext")
     nb = build_notebook(SESSION, _records())
     back = jupytext.reads(to_percent_script(nb), fmt="py:percent")
     assert [(c.cell_type, c.source) for c in back.cells] == [

@@ -22,7 +22,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.orm import Session
 
 from server.embedded.postgres import STORE_DATABASE, EmbeddedPostgres
-from server.store.database import Base, CacheEntry, CacheEviction, ExecutionRow, SessionRow, Store
+from server.store.database import StoreDatabase
+from server.store.models import Base, CacheEntry, CacheEviction, ExecutionRow, SessionRow
 
 TABLES = {"sessions", "executions", "session_frames", "cache_entries", "cache_evictions"}
 
@@ -30,21 +31,21 @@ TABLES = {"sessions", "executions", "session_frames", "cache_entries", "cache_ev
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
 def store(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Store]:
+) -> Iterator[StoreDatabase]:
     """An upgraded store on the embedded PostgreSQL's store database, or on a SQLite file."""
     if request.param == "postgresql":
         pg: EmbeddedPostgres = request.getfixturevalue("embedded_pg")
-        store = Store(pg.store_url)
+        store = StoreDatabase(pg.store_url)
     else:
         path: Path = tmp_path_factory.mktemp("store") / "store.db"
-        store = Store(f"sqlite:///{path}")
+        store = StoreDatabase(f"sqlite:///{path}")
     store.upgrade()
     yield store
     store.close()
 
 
 @pytest.fixture
-def tenant(store: Store) -> Iterator[str]:
+def tenant(store: StoreDatabase) -> Iterator[str]:
     """A tenant name no other test uses; its rows are deleted afterwards."""
     name = "test-" + secrets.token_hex(6)
     yield name
@@ -79,17 +80,17 @@ def new_session(tenant: str, client_id: str = "s1") -> SessionRow:
     )
 
 
-def test_upgrade_creates_the_tables(store: Store) -> None:
+def test_upgrade_creates_the_tables(store: StoreDatabase) -> None:
     assert TABLES | {"alembic_version"} <= set(sa.inspect(store.engine).get_table_names())
 
 
-def test_alembic_version_is_at_head(store: Store) -> None:
+def test_alembic_version_is_at_head(store: StoreDatabase) -> None:
     head = ScriptDirectory.from_config(store.alembic_config()).get_current_head()
     with store.engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() == head == "0002"
 
 
-def test_second_upgrade_changes_nothing(store: Store) -> None:
+def test_second_upgrade_changes_nothing(store: StoreDatabase) -> None:
     statements: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
@@ -105,13 +106,13 @@ def test_second_upgrade_changes_nothing(store: Store) -> None:
     assert not any("INSERT INTO alembic_version" in s for s in statements)
 
 
-def test_models_match_the_migrated_schema(store: Store) -> None:
+def test_models_match_the_migrated_schema(store: StoreDatabase) -> None:
     with store.engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diffs == []
 
 
-def test_each_model_round_trips(store: Store, tenant: str) -> None:
+def test_each_model_round_trips(store: StoreDatabase, tenant: str) -> None:
     session = new_session(tenant)
     session_id, at = session.id, session.created
     key = str(uuid.uuid4())
@@ -171,7 +172,7 @@ def test_each_model_round_trips(store: Store, tenant: str) -> None:
         assert eviction.reason == "ttl"
 
 
-def test_client_id_is_unique_within_a_tenant(store: Store, tenant: str) -> None:
+def test_client_id_is_unique_within_a_tenant(store: StoreDatabase, tenant: str) -> None:
     with Session(store.engine) as db, db.begin():
         db.add(new_session(tenant, "same"))
         db.add(new_session(tenant + "-other", "same"))  # another tenant may use the id
@@ -181,7 +182,7 @@ def test_client_id_is_unique_within_a_tenant(store: Store, tenant: str) -> None:
             db.add(new_session(tenant, "same"))
 
 
-def test_cache_status_is_one_of_three(store: Store, tenant: str) -> None:
+def test_cache_status_is_one_of_three(store: StoreDatabase, tenant: str) -> None:
     at = now()
     entry = CacheEntry(
         key=str(uuid.uuid4()),

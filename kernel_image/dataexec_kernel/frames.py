@@ -19,8 +19,9 @@ under their names before the next step runs.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from dataexec_kernel import broker, protocol
 
 SAMPLE_ROWS = 2048
 # Names the helpers own; never checkpointed as the user's frames.
@@ -81,10 +82,8 @@ class Frames:
             if isinstance(value, pd.DataFrame) and not name.startswith("_") and name not in RESERVED
         }
 
-    def checkpoint(self, budget: int) -> str:
-        """Describe every named frame, checkpoint changed ones within ``budget``; JSON."""
-        from dataexec_kernel import data
-
+    def checkpoint(self, budget: int) -> protocol.CheckpointPayload:
+        """Describe every named frame, checkpoint changed ones within ``budget``."""
         frames = self.named_frames()
         self.seen = {name: fingerprint(frame) for name, frame in frames.items()}
         sizes = {name: _frame_bytes(frame) for name, frame in frames.items()}
@@ -92,7 +91,7 @@ class Frames:
         used = 0
         for name in sorted(frames, key=lambda n: (sizes[n], n)):
             frame = frames[name]
-            entry: dict[str, Any] = {
+            entry: protocol.FrameInfo = {
                 "name": name,
                 "rows": int(len(frame)),
                 "columns": [str(c) for c in frame.columns],
@@ -116,7 +115,7 @@ class Frames:
                     key = (
                         cached[1]
                         if cached and cached[0] == mark
-                        else data.put_frame(frame, "checkpoint", name)
+                        else broker.put(protocol.arrow_table(frame), "checkpoint", name)
                     )
                 except Exception as exc:  # a frame Arrow cannot hold, a full quota, ...
                     entry["note"] = f"not checkpointed: {exc}"
@@ -129,19 +128,17 @@ class Frames:
         for gone in set(self.checkpoints) - set(frames):
             del self.checkpoints[gone]
         CACHED.clear()
-        return json.dumps({"frames": described}, default=str)
+        return {"frames": described}
 
-    def restore(self, keys: dict[str, str]) -> str:
-        """Load each checkpoint under its name; JSON of what came back and what did not."""
-        from dataexec_kernel import data
-
+    def restore(self, keys: dict[str, str]) -> protocol.RestorePayload:
+        """Load each checkpoint under its name; what came back and what did not."""
         restored, failed = [], {}
         for name, key in keys.items():
             if not name.isidentifier():
                 failed[name] = "not a valid name"
                 continue
             try:
-                frame = data.load(key)
+                frame = broker.load_frame(key)
             except Exception as exc:
                 failed[name] = str(exc)
                 continue
@@ -149,4 +146,4 @@ class Frames:
             self.checkpoints[name] = (fingerprint(frame), key)
             self.seen[name] = self.checkpoints[name][0]
             restored.append(name)
-        return json.dumps({"restored": restored, "failed": failed})
+        return {"restored": restored, "failed": failed}

@@ -3,100 +3,53 @@
 Each kernel that serves a session gets a unix socket, ``broker.sock``, in the server-owned
 (read-only) part of its kernel directory; nothing else in the kernel knows where the
 database is or how to log in. Because the socket is that kernel's own, the broker knows who
-asks: the session and tenant it was attached for. A request is answered with Arrow:
+asks: the session and tenant it was attached for. Requests and answers are frames of the
+kernel protocol (``dataexec_kernel.protocol``, where they are drawn): ``sql`` and ``load``
+answer Arrow IPC streams, ``put`` takes one (a result, a ``save()``, a checkpoint) into the
+cache and answers its key.
 
-    kernel -> broker   frame: {"op": "put", "bytes": n, "kind": k, "name": s | null},
-                       then n bytes of Arrow IPC stream; k is why the frame is kept:
-                       "result", "save" or "checkpoint"
-    broker -> kernel   frame: {"ok": true, "cache_key": "..."}   (the frame, cached)
-
-    kernel -> broker   frame: {"op": "load", "key": "..."}   (then as for sql, below)
-
-    kernel -> broker   frame: {"op": "sql", "query": "...", "params": {...} | null}
-    broker -> kernel   frame: {"ok": true} | {"ok": false, "error": {"type", "message"}}
-                       then, when ok, an Arrow IPC stream (schema, record batches, end)
-                       then a frame: {"ok": true, "rows": n} | {"ok": false, "error": ...}
-
-A frame is a 4-byte big-endian length and a JSON document. Batches are written as the
-database produces them (never JSON, never pickle, no compression on a local socket). A
-failure after the stream began ends the stream early and says why in the last frame. If
-the kernel goes away mid-query (an interrupt, a timeout kill), the broker sees the socket
-close and cancels the query in the database, so no backend is left running.
+Batches are written as the database produces them (never JSON, never pickle, no
+compression on a local socket). A failure after the stream began ends the stream early and
+says why in the last frame. If the kernel goes away mid-query (an interrupt, a timeout
+kill), the broker sees the socket close and cancels the query in the database, so no
+backend is left running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import json
 import logging
 import os
-import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from dataexec_kernel import errors as kernel_errors
+from dataexec_kernel import protocol
 
-from server.cache.cache import CacheStore, read_ipc
+from server.broker.caller import Caller
+from server.cache.cache import Cache, read_ipc
 from server.errors import DataExecError, OutputTooLarge, ValidationError
-from server.kernels.sandbox import BROKER_SOCKET
 from server.sql.database import QueryDatabase, QueryStream
 from server.sql.guard import check_query
 
 log = logging.getLogger(__name__)
 
-FRAME = struct.Struct(">I")
-MAX_REQUEST_BYTES = 1024 * 1024
 
-
-PUT_KINDS = ("result", "save", "checkpoint")  # what kernels may put ("upload": over HTTP)
-
-
-@dataclass
-class Caller:
-    """Who a kernel serves: the broker's answer to "who is asking", and what it is doing.
-
-    ``step`` describes the step running now (its code or SQL and execution count) and
-    ``loaded`` the keys it has read so far: together the lineage of the frames it puts.
-    """
-
-    tenant: str
-    session_id: str  # the client's id ("" for a throwaway kernel)
-    kernel_id: str
-    store_id: str | None = None  # the session's internal id in the store
-    step: dict[str, Any] = field(default_factory=dict)
-    loaded: list[str] = field(default_factory=list)
-
-    def begin_step(self, step: dict[str, Any]) -> None:
-        self.step, self.loaded = step, []
-
-    def lineage(self, kind: str, name: str | None) -> dict[str, Any]:
-        return {
-            **self.step,
-            "session": self.session_id or None,
-            "kind": kind,
-            "name": name,
-            "inputs": list(dict.fromkeys(self.loaded)),
-        }
-
-
-async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_REQUEST_BYTES) -> Any:
-    (size,) = FRAME.unpack(await reader.readexactly(FRAME.size))
-    if size > limit:
-        raise ValidationError(f"broker request over {limit} bytes")
-    return json.loads(await reader.readexactly(size))
-
-
-def frame(document: dict[str, Any]) -> bytes:
-    body = json.dumps(document, default=str).encode()
-    return FRAME.pack(len(body)) + body
+async def read_frame(reader: asyncio.StreamReader) -> Any:
+    """One frame of a kernel's request (bounded; ``ValidationError`` when malformed)."""
+    prefix = await reader.readexactly(protocol.FRAME.size)
+    try:
+        size = protocol.frame_length(prefix)
+        return protocol.decode_frame(await reader.readexactly(size))
+    except kernel_errors.InvalidRequest as exc:
+        raise ValidationError(exc.message) from None
 
 
 def error_frame(exc: DataExecError) -> bytes:
-    return frame({"ok": False, "error": {"type": exc.type, "message": exc.message}})
+    return protocol.error_frame(exc.type, exc.message)
 
 
 class _SocketSink:
@@ -121,7 +74,7 @@ class Broker:
     """Serves every attached kernel's socket with the guard and the query database."""
 
     def __init__(
-        self, database: QueryDatabase, cache: CacheStore, kernel_gid: int, max_frame_bytes: int
+        self, database: QueryDatabase, cache: Cache, kernel_gid: int, max_frame_bytes: int
     ) -> None:
         self.database = database
         self.cache = cache
@@ -129,11 +82,9 @@ class Broker:
         self.kernel_gid = kernel_gid
         self.servers: dict[str, asyncio.AbstractServer] = {}
 
-    async def attach(self, srv_dir: Path, caller: Caller) -> None:
-        """Open the kernel's broker socket, answering on behalf of ``caller``."""
-        path = srv_dir / BROKER_SOCKET
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    async def attach(self, path: Path, caller: Caller) -> None:
+        """Open a kernel's broker socket at ``path``, answering on behalf of ``caller``."""
+        await asyncio.to_thread(path.unlink, missing_ok=True)
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await self._serve(caller, reader, writer)
@@ -152,17 +103,16 @@ class Broker:
 
     async def _check(self, query: str, params: dict[str, Any] | None) -> str:
         """The guard, off the event loop (parameter names too: see check_query)."""
-        check = functools.partial(
+        return await asyncio.to_thread(
             check_query, query, self.database.dialect, params=tuple(params or ())
         )
-        return await asyncio.get_running_loop().run_in_executor(None, check)
 
     async def query_table(
-        self, caller: Caller, query: str, params: dict[str, Any] | None = None
+        self, tenant: str, query: str, params: dict[str, Any] | None = None
     ) -> pa.Table:
         """Guard and run a query for the server itself (SQL without a session)."""
         checked = await self._check(query, params)
-        log.info("sql for tenant %s (no session)", caller.tenant)
+        log.info("sql for tenant %s (no session)", tenant)
         return await self.database.table(checked, params)
 
     async def _serve(
@@ -181,7 +131,7 @@ class Broker:
                 raise ValidationError("unknown broker request")
         except DataExecError as exc:
             writer.write(error_frame(exc))
-        except (asyncio.IncompleteReadError, ConnectionError, json.JSONDecodeError):
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except Exception:
             log.exception("broker request of kernel %s failed", caller.kernel_id[:12])
@@ -203,15 +153,15 @@ class Broker:
         cap = self.max_frame_bytes
         if not isinstance(size, int) or size < 0:
             raise ValidationError("put needs the stream's size in bytes")
-        if kind not in PUT_KINDS or not (name is None or isinstance(name, str)):
+        if kind not in protocol.PUT_KINDS or not (name is None or isinstance(name, str)):
             raise ValidationError("put: unknown kind, or a name that is not a string")
         if size > cap:
             raise OutputTooLarge(f"the result frame is over {cap} bytes (sql_max_result_bytes)")
         body = await reader.readexactly(size)
         table = read_ipc(body)
-        lineage = caller.lineage(kind, name[:200] if name else None)
+        lineage = caller.lineage.of(kind, name)
         key = await self.cache.spill(caller.tenant, caller.store_id, table, lineage)
-        writer.write(frame({"ok": True, "cache_key": key}))
+        writer.write(protocol.encode_frame({"ok": True, "cache_key": key}))
 
     async def _load(
         self, caller: Caller, request: dict[str, Any], writer: asyncio.StreamWriter
@@ -221,20 +171,19 @@ class Broker:
         if not isinstance(key, str):
             raise ValidationError("load() takes a cache key string")
         entry = await self.cache.entry(caller.tenant, key)
-        caller.loaded.append(key)
+        caller.lineage.read(key)
         path = self.cache.path(entry)
-        loop = asyncio.get_running_loop()
-        parquet = await loop.run_in_executor(None, pq.ParquetFile, path)
+        parquet = await asyncio.to_thread(pq.ParquetFile, path)
         batches = parquet.iter_batches(batch_size=65_536)
-        writer.write(frame({"ok": True}))
+        writer.write(protocol.encode_frame({"ok": True}))
         rows = 0
         with pa.ipc.new_stream(_SocketSink(writer), parquet.schema_arrow) as ipc:
             # Reading and decoding Parquet is disk and cpu work: off the event loop.
-            while (batch := await loop.run_in_executor(None, next, batches, None)) is not None:
+            while (batch := await asyncio.to_thread(next, batches, None)) is not None:
                 ipc.write_batch(batch)
                 rows += batch.num_rows
                 await writer.drain()
-        writer.write(frame({"ok": True, "rows": rows}))
+        writer.write(protocol.encode_frame({"ok": True, "rows": rows}))
 
     async def _sql(
         self,
@@ -260,7 +209,7 @@ class Broker:
 
     async def _write_result(self, stream: QueryStream, writer: asyncio.StreamWriter) -> None:
         schema = await stream.ready()
-        writer.write(frame({"ok": True}))
+        writer.write(protocol.encode_frame({"ok": True}))
         rows = 0
         ipc = pa.ipc.new_stream(_SocketSink(writer), schema)
         try:
@@ -273,4 +222,4 @@ class Broker:
             writer.write(error_frame(exc))
             return
         ipc.close()
-        writer.write(frame({"ok": True, "rows": rows}))
+        writer.write(protocol.encode_frame({"ok": True, "rows": rows}))

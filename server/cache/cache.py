@@ -28,19 +28,21 @@ import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
+from server import clock
+from server.cache.lineage import upload_lineage
 from server.errors import DataExecError, NotFound, QuotaExceeded, ValidationError
-from server.store.database import CacheEntry, CacheEviction, Store
+from server.store.database import StoreDatabase
+from server.store.models import CacheEntry, CacheEviction
 
 log = logging.getLogger(__name__)
 
 KEY = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-T = TypeVar("T")
 EVICTION_REASONS = {
     "quota": "evicted to stay within the tenant's cache quota",
     "ttl": "expired",
@@ -48,22 +50,20 @@ EVICTION_REASONS = {
 }
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    """A store timestamp as aware UTC (SQLite hands them back without a zone)."""
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-class CacheStore:
+class Cache:
     """Writes, finds and deletes cached frames; see the module docstring."""
 
     def __init__(
-        self, root: Path, store: Store, ttl_s: float, quotas: dict[str, int], default_quota: int
+        self,
+        root: Path,
+        store: StoreDatabase,
+        ttl_s: float,
+        quotas: dict[str, int],
+        default_quota: int,
+        write: Callable[[Path, pa.Table], int] | None = None,
     ) -> None:
         self.root = root
+        self.write = write or write_parquet  # a test may slow the disk down
         self.store = store
         self.ttl = dt.timedelta(seconds=ttl_s)
         self.quotas = quotas
@@ -73,9 +73,6 @@ class CacheStore:
         self.reserved: dict[str, dict[str, int]] = {}
         # Quota decisions of one tenant are made one at a time.
         self.tenant_locks: dict[str, asyncio.Lock] = {}
-
-    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     def _path(self, tenant: str, key: str) -> Path:
         tenant_dir = hashlib.sha256(tenant.encode()).hexdigest()[:16]
@@ -90,7 +87,7 @@ class CacheStore:
         """
         key = str(uuid.uuid4())
         relative = self._path(tenant, key)
-        now = _now()
+        now = clock.now()
         entry = CacheEntry(
             key=key,
             tenant=tenant,
@@ -111,16 +108,21 @@ class CacheStore:
         async with lock:
             while True:
                 reserved = self.reserved.get(tenant, {})
-                if await self._in_thread(self._make_room, tenant, need, sum(reserved.values())):
+                if await asyncio.to_thread(self._make_room, tenant, need, sum(reserved.values())):
                     break
                 # Writes still running hold the rest: once written they can be evicted.
                 running = [self.writes[k] for k in reserved if k in self.writes]
                 await asyncio.gather(*map(asyncio.shield, running), return_exceptions=True)
-            await self._in_thread(self._insert, entry)
+            await asyncio.to_thread(self._insert, entry)
             self.reserved.setdefault(tenant, {})[key] = need
         self.writes[key] = asyncio.ensure_future(self._write(tenant, key, relative, table))
         self.writes[key].add_done_callback(lambda _: self.writes.pop(key, None))
         return key
+
+    async def upload(self, tenant: str, table: pa.Table, name: str | None) -> CacheEntry:
+        """Keep a frame uploaded over HTTP under a new key; its ready entry."""
+        key = await self.spill(tenant, None, table, upload_lineage(name))
+        return await self.entry(tenant, key)
 
     def quota(self, tenant: str) -> int:
         return self.quotas.get(tenant, self.default_quota)
@@ -168,7 +170,7 @@ class CacheStore:
             return
         keys = [entry.key for entry in entries]
         db.execute(sa.delete(CacheEntry).where(CacheEntry.key.in_(keys)))
-        now = _now()
+        now = clock.now()
         db.add_all(
             CacheEviction(key=e.key, tenant=e.tenant, reason=reason, at=now) for e in entries
         )
@@ -180,14 +182,14 @@ class CacheStore:
     async def _write(self, tenant: str, key: str, relative: Path, table: pa.Table) -> None:
         path = self.root / relative
         try:
-            size = await self._in_thread(write_parquet, path, table)
+            size = await asyncio.to_thread(self.write, path, table)
         except Exception:
             log.exception("cache write of %s failed", key)
-            await self._in_thread(self._update, key, {"status": "failed"})
+            await asyncio.to_thread(self._update, key, {"status": "failed"})
             return
         finally:
             self.reserved.get(tenant, {}).pop(key, None)
-        await self._in_thread(self._update, key, {"status": "ready", "bytes": size})
+        await asyncio.to_thread(self._update, key, {"status": "ready", "bytes": size})
 
     def _update(self, key: str, values: dict[str, Any]) -> None:
         with self.store.session() as db, db.begin():
@@ -199,7 +201,7 @@ class CacheStore:
             raise NotFound(f"no cache key {key!r}")
         if key in self.writes:
             await asyncio.shield(self.writes[key])
-        entry = await self._in_thread(self._touch, tenant, key)
+        entry = await asyncio.to_thread(self._touch, tenant, key)
         if entry.status == "failed":
             raise DataExecError(f"writing cache key {key} failed; run the step again")
         return entry
@@ -207,7 +209,7 @@ class CacheStore:
     def _touch(self, tenant: str, key: str) -> CacheEntry:
         with self.store.session() as db, db.begin():
             entry = db.get(CacheEntry, key)
-            if entry is None or entry.tenant != tenant or _utc(entry.expires) < _now():
+            if entry is None or entry.tenant != tenant or clock.utc(entry.expires) < clock.now():
                 eviction = db.scalar(
                     sa.select(CacheEviction).where(
                         CacheEviction.key == key, CacheEviction.tenant == tenant
@@ -217,9 +219,9 @@ class CacheStore:
                     raise NotFound(f"no cache key {key!r}")
                 raise NotFound(
                     f"cache key {key} was removed ({EVICTION_REASONS[eviction.reason]}) at "
-                    f"{_iso(eviction.at)}"
+                    f"{clock.iso(eviction.at)}"
                 )
-            entry.last_used = _now()
+            entry.last_used = clock.now()
             db.flush()  # before expunge, which would drop the change
             db.expunge(entry)
             return entry
@@ -230,7 +232,7 @@ class CacheStore:
     async def delete(self, tenant: str, key: str) -> None:
         """Forget a key and remove its file."""
         entry = await self.entry(tenant, key)
-        await self._in_thread(self._remove, [entry], "deleted")
+        await asyncio.to_thread(self._remove, [entry], "deleted")
 
     def _remove(self, entries: list[CacheEntry], reason: str) -> None:
         with self.store.session() as db, db.begin():
@@ -240,14 +242,14 @@ class CacheStore:
 
     async def sweep(self) -> int:
         """Remove keys past their TTL; return how many went."""
-        return await self._in_thread(self._sweep)
+        return await asyncio.to_thread(self._sweep)
 
     def _sweep(self) -> int:
         with self.store.session() as db:
             expired = list(
                 db.scalars(
                     sa.select(CacheEntry).where(
-                        CacheEntry.expires < _now(), CacheEntry.status != "pending"
+                        CacheEntry.expires < clock.now(), CacheEntry.status != "pending"
                     )
                 )
             )
@@ -293,10 +295,6 @@ def write_parquet(path: Path, table: pa.Table) -> int:
     return path.stat().st_size
 
 
-def _iso(value: dt.datetime) -> str:
-    return _utc(value).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 def describe(entry: CacheEntry) -> dict[str, Any]:
     """What ``GET /cache/{key}/meta`` shows."""
     return {
@@ -307,8 +305,8 @@ def describe(entry: CacheEntry) -> dict[str, Any]:
         "columns": entry.columns,
         "schema": entry.schema,
         "bytes": entry.bytes,
-        "created": _iso(entry.created),
-        "last_used": _iso(entry.last_used),
-        "expires": _iso(entry.expires),
+        "created": clock.iso(entry.created),
+        "last_used": clock.iso(entry.last_used),
+        "expires": clock.iso(entry.expires),
         "lineage": entry.lineage,
     }

@@ -2,14 +2,16 @@
 
 Handlers stay thin: parse and validate here, call one service, serialize. Every error is
 rendered by ``write_error`` as ``{"detail": {"type", "message", ...}}`` with a ``request_id``;
-an unexpected exception becomes ``INTERNAL`` with no internals in the message.
+an unexpected exception becomes ``INTERNAL`` with no internals in the message. Each handler
+declares its operations in ``api``, from which ``/openapi.json`` is built.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 import tornado.web
@@ -23,15 +25,39 @@ from server.errors import (
     PayloadTooLarge,
     ValidationError,
 )
+from server.handlers import bodies
 from server.runtime import Runtime
 
 log = logging.getLogger("server.http")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation of a handler, as ``/openapi.json`` describes it.
+
+    ``answer`` is the JSON answer's body (at ``status``), or ``download`` the content type
+    of a binary one; ``body`` the JSON request body, or ``upload`` a binary one's type;
+    ``errors`` the HTTP statuses it may answer with an error (401 is added unless public);
+    ``accepted`` other success statuses with what they mean.
+    """
+
+    summary: str
+    answer: type | None = None
+    status: int = 200
+    errors: tuple[int, ...] = ()
+    body: type | None = None
+    download: str | None = None
+    upload: str | None = None
+    query: dict[str, dict[str, Any]] = field(default_factory=dict)
+    accepted: dict[int, str] = field(default_factory=dict)
 
 
 class BaseHandler(tornado.web.RequestHandler):
     """JSON API handler; ``public`` handlers skip authentication."""
 
     public = False
+    api: ClassVar[dict[str, Operation]] = {}
     settings_obj: Settings
     runtime: Runtime
     auth: Authenticator
@@ -61,17 +87,18 @@ class BaseHandler(tornado.web.RequestHandler):
         self.auth.require_tenant(self.tenant)
         return self.tenant
 
-    def json_body(self) -> dict[str, Any]:
-        """The request body as a JSON object (an empty body is an empty object)."""
-        if not self.request.body:
-            return {}
-        try:
-            body = orjson.loads(self.request.body)
-        except orjson.JSONDecodeError as exc:
-            raise ValidationError(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise ValidationError("request body must be a JSON object")
-        return body
+    def body(self, kind: type[T]) -> T:
+        """The request body decoded as ``kind`` (see ``bodies``); ValidationError otherwise."""
+        return bodies.decode(self.request.body, kind)
+
+    def max_rows(self, value: int | None) -> int:
+        """A request's ``max_rows``: the configured default, within the configured cap."""
+        settings = self.settings_obj
+        if value is None:
+            return settings.max_rows_default
+        if value > settings.max_rows_cap:
+            raise ValidationError(f"max_rows must be an integer from 0 to {settings.max_rows_cap}")
+        return value
 
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -124,29 +151,3 @@ class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         super().prepare()
         raise NotFound("no such endpoint")
-
-
-def int_field(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
-    """An integer field within [low, high], or its default."""
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValidationError(f"{name} must be an integer from {low} to {high}")
-    return value
-
-
-def str_field(
-    body: dict[str, Any], name: str, *, required: bool = False, choices: tuple[str, ...] = ()
-) -> str | None:
-    """A string field (optionally one of ``choices``)."""
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise ValidationError(f"{name} is required")
-        return None
-    if not isinstance(value, str):
-        raise ValidationError(f"{name} must be a string")
-    if choices and value not in choices:
-        raise ValidationError(f"{name} must be one of {', '.join(choices)}")
-    return value

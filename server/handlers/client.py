@@ -7,12 +7,20 @@ token.
 from __future__ import annotations
 
 from server.errors import NotFound
-from server.handlers.base import BaseHandler
+from server.handlers.base import BaseHandler, Operation
+from server.handlers.bodies import ClientInfo
 from server.ops import client_wheel
 
 
 class ClientHandler(BaseHandler):
     public = True
+    api = {
+        "get": Operation(
+            "Where to get the client package (dataexec-kernel) for notebooks outside DataExec: "
+            "its wheel URL and the pip command",
+            ClientInfo,
+        )
+    }
 
     def get(self) -> None:
         url = f"{self.request.protocol}://{self.request.host}/client/{client_wheel.filename()}"
@@ -29,6 +37,13 @@ class ClientHandler(BaseHandler):
 
 class ClientWheelHandler(BaseHandler):
     public = True
+    api = {
+        "get": Operation(
+            "The client package as a wheel (pip install <this URL>)",
+            download="application/zip",
+            errors=(404,),
+        )
+    }
 
     def get(self, name: str) -> None:
         if name != client_wheel.filename():

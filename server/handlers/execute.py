@@ -1,12 +1,8 @@
-"""``POST /execute`` and ``POST /sessions/{id}/execute``: run code, answer the result.
+"""``POST /execute``, ``POST /sessions/{id}/execute`` and ``POST /execute-on-data``.
 
-Both take ``{"language", "code", "max_rows", "session_id", "result_name", "params"}``
-(``params``: the SQL's ``:name`` parameters). Without a
-session, SQL runs in the server (guard, database, no kernel) and Python in a fresh kernel
-that is discarded afterwards, as the replaced system did. In a session, SQL runs in the
-kernel as a ``%%sql <result_name>`` cell, so the frame is there for the next step. A client that
-disconnects cancels its request: queued, it leaves the queue; running, its cell is
-interrupted (``interrupt_on_disconnect``).
+Each calls the session manager's one door, ``submit``: in a session, or once without one.
+A client that disconnects cancels its request: queued, it leaves the queue; running, its
+cell is interrupted (``interrupt_on_disconnect``).
 """
 
 from __future__ import annotations
@@ -16,48 +12,34 @@ import keyword
 from typing import Any
 
 from server.errors import ValidationError
-from server.handlers.base import BaseHandler, int_field, str_field
-from server.sessions.manager import ExecutionRequest
+from server.handlers.base import BaseHandler, Operation
+from server.handlers.bodies import ExecuteBody, ExecutionResult, OnDataBody
+from server.sessions.execution import ExecutionRequest, on_data_request
 
-LANGUAGES = ("python", "sql")
-SCALARS = (str, int, float, bool)
-
-
-def _params(value: Any, language: str) -> dict[str, Any] | None:
-    """SQL ``:name`` parameters: names to strings, numbers, booleans or null."""
-    if value is None:
-        return None
-    if language != "sql":
-        raise ValidationError("params go with language sql")
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and k.isidentifier() and (v is None or isinstance(v, SCALARS))
-        for k, v in value.items()
-    ):
-        raise ValidationError("params must map names to strings, numbers, booleans or null")
-    return value
+EXECUTE_ERRORS = (400, 403, 404, 409, 413, 500, 503)
 
 
 class ExecuteBase(BaseHandler):
     task: asyncio.Future[Any] | None = None
 
-    def parse(self) -> tuple[dict[str, Any], ExecutionRequest]:
-        body = self.json_body()
-        language = str_field(body, "language", choices=LANGUAGES) or "python"
-        code = str_field(body, "code", required=True)
-        assert code is not None
-        if not code.strip():
+    def request_of(self, body: ExecuteBody) -> ExecutionRequest:
+        if not body.code.strip():
             raise ValidationError("code is empty")
-        result_name = str_field(body, "result_name")
-        if result_name is not None and (
-            not result_name.isidentifier() or keyword.iskeyword(result_name)
-        ):
+        name = body.result_name
+        if name is not None and (not name.isidentifier() or keyword.iskeyword(name)):
             raise ValidationError("result_name must be a Python identifier")
-        params = _params(body.get("params"), language)
-        settings = self.settings_obj
-        max_rows = int_field(body, "max_rows", settings.max_rows_default, 0, settings.max_rows_cap)
-        return body, ExecutionRequest(code, max_rows, language, result_name, params=params)
+        if body.params is not None:
+            if body.language != "sql":
+                raise ValidationError("params go with language sql")
+            if not all(k.isidentifier() for k in body.params):
+                raise ValidationError("params must map names to strings, numbers, booleans or null")
+        return ExecutionRequest(
+            body.code, self.max_rows(body.max_rows), body.language, name, params=body.params
+        )
 
-    async def run(self, work: Any) -> None:
+    async def submit(self, request: ExecutionRequest, session_id: str | None) -> None:
+        """Run through the session manager's door; answer its result."""
+        work = self.runtime.sessions.submit(self.current_tenant(), request, session_id)
         self.task = asyncio.ensure_future(work)
         self.write_json(await self.task)
 
@@ -71,27 +53,67 @@ class ExecuteBase(BaseHandler):
 
 
 class ExecuteHandler(ExecuteBase):
+    api = {
+        "post": Operation(
+            "Run code; in a throwaway kernel (Python) or the server (SQL) unless session_id "
+            "is given",
+            ExecutionResult,
+            errors=EXECUTE_ERRORS,
+            body=ExecuteBody,
+        )
+    }
+
     async def post(self) -> None:
-        tenant = self.current_tenant()
-        body, request = self.parse()
-        session_id = str_field(body, "session_id")
-        sessions = self.runtime.sessions
-        if session_id is None:
-            await self.run(sessions.run_once(tenant, request))
-        else:
-            session = await sessions.get_or_create(tenant, session_id)
-            await self.run(sessions.execute(session, request))
+        self.current_tenant()
+        body = self.body(ExecuteBody)
+        await self.submit(self.request_of(body), body.session_id)
 
 
 class SessionExecuteHandler(ExecuteBase):
+    api = {
+        "post": Operation(
+            "Run code in the session (created on first use)",
+            ExecutionResult,
+            errors=EXECUTE_ERRORS,
+            body=ExecuteBody,
+        )
+    }
+
     async def post(self, session_id: str) -> None:
+        self.current_tenant()
+        await self.submit(self.request_of(self.body(ExecuteBody)), session_id)
+
+
+class ExecuteOnDataHandler(ExecuteBase):
+    """The replaced system's step over earlier results: ``input_data[name]`` are DataFrames
+    (cached frames by key, literal rows as given) and the code sets ``result_df``."""
+
+    api = {
+        "post": Operation(
+            "Run pandas code over earlier results (cache_keys) and literal rows (input_data); "
+            "the code sets result_df",
+            ExecutionResult,
+            errors=EXECUTE_ERRORS,
+            body=OnDataBody,
+        )
+    }
+
+    async def post(self) -> None:
         tenant = self.current_tenant()
-        _, request = self.parse()
-        session = await self.runtime.sessions.get_or_create(tenant, session_id)
-        await self.run(self.runtime.sessions.execute(session, request))
+        body = self.body(OnDataBody)
+        input_data, cache_keys = body.input_data or {}, body.cache_keys or {}
+        if not all(input_data) or not all(cache_keys):
+            raise ValidationError("input_data and cache_keys are keyed by non-empty names")
+        if set(input_data) & set(cache_keys):
+            raise ValidationError("a name is in both input_data and cache_keys")
+        for key in cache_keys.values():  # unknown keys fail here, before any kernel runs
+            await self.runtime.cache.entry(tenant.name, key)
+        request = on_data_request(body.code, input_data, cache_keys, self.max_rows(body.max_rows))
+        await self.submit(request, body.session_id)
 
 
 routes = [
     (r"/execute", ExecuteHandler),
+    (r"/execute-on-data", ExecuteOnDataHandler),
     (r"/sessions/(?P<session_id>[^/]+)/execute", SessionExecuteHandler),
 ]

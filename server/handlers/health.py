@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from server import __version__
-from server.handlers.base import BaseHandler
+from server.handlers.base import BaseHandler, Operation
+from server.handlers.bodies import Health, Pools
 
 
 class HealthHandler(BaseHandler):
     public = True
+    api = {"get": Operation("Liveness, database dialect and pool state", Health, errors=(503,))}
 
     def get(self) -> None:
         ready = self.runtime.started and not self.runtime.closing
@@ -24,6 +26,12 @@ class HealthHandler(BaseHandler):
 
 class PoolsHandler(BaseHandler):
     """Operator view of the pools: settings and live counts."""
+
+    api = {
+        "get": Operation(
+            "Pools with their settings and live counts (operator)", Pools, errors=(403,)
+        )
+    }
 
     def get(self) -> None:
         assert self.tenant is not None

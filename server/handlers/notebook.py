@@ -6,14 +6,13 @@ script (``<session>.py``); ``?outputs=false`` leaves outputs and counts out.
 
 from __future__ import annotations
 
-import datetime as dt
-
 import nbformat
 
-from server import __version__
+from server import __version__, clock
 from server.errors import ValidationError
-from server.handlers.base import BaseHandler
-from server.notebook.export import NotebookSession, build_notebook, to_percent_script
+from server.handlers.base import BaseHandler, Operation
+from server.notebook.export import NotebookSession, build_notebook
+from server.notebook.percent import to_percent_script
 
 FORMATS = {
     "ipynb": ("application/x-ipynb+json", "ipynb"),
@@ -23,6 +22,18 @@ BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 
 class NotebookHandler(BaseHandler):
+    api = {
+        "get": Operation(
+            "The session as an nbformat v4 notebook, or a percent-format script (an attachment)",
+            download="application/x-ipynb+json",
+            errors=(400, 404),
+            query={
+                "format": {"type": "string", "enum": list(FORMATS), "default": "ipynb"},
+                "outputs": {"type": "string", "enum": ["true", "false"], "default": "true"},
+            },
+        )
+    }
+
     async def get(self, session_id: str) -> None:
         sessions = self.runtime.sessions
         session = await sessions.get(self.current_tenant(), session_id)
@@ -34,7 +45,7 @@ class NotebookHandler(BaseHandler):
             raise ValidationError("outputs must be true or false")
         about = NotebookSession(
             session_id=session.client_id,
-            created=dt.datetime.fromtimestamp(session.created, dt.UTC),
+            created=clock.from_timestamp(session.created),
             dialect=self.settings_obj.db_dialect,
             server_version=__version__,
             pool=session.pool.name,

@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from server.handlers.base import BaseHandler
-from server.sql.introspect import describe_schema
-from server.sql.profile import profile_table
+from server.handlers.base import BaseHandler, Operation
+from server.handlers.bodies import Profile, SchemaAnswer
 
 
 class SchemaHandler(BaseHandler):
+    api = {
+        "get": Operation(
+            "Tables and views the query role can read, with columns and keys",
+            SchemaAnswer,
+            errors=(503,),
+        )
+    }
+
     async def get(self) -> None:
         self.current_tenant()
-        engine = self.runtime.query_engine()
-        loop = asyncio.get_running_loop()
-        self.write_json(await loop.run_in_executor(None, describe_schema, engine))
+        self.write_json(await self.runtime.database.schema())
 
 
 class ProfileHandler(BaseHandler):
+    api = {
+        "get": Operation(
+            "Column statistics of one table: nulls, top values, histograms",
+            Profile,
+            errors=(404, 503),
+        )
+    }
+
     async def get(self, table: str) -> None:
         self.current_tenant()
-        engine = self.runtime.query_engine()
-        loop = asyncio.get_running_loop()
-        self.write_json(await loop.run_in_executor(None, profile_table, engine, table))
+        self.write_json(await self.runtime.database.profile(table))
 
 
 routes = [

@@ -1,55 +1,73 @@
 """Session resources: create (or import a notebook), list, show, delete, interrupt,
-restart, variables."""
+restart, variables, import progress."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from server.errors import NotFound, ValidationError
-from server.handlers.base import BaseHandler, int_field, str_field
-from server.notebook.export import cells_from_notebook
+from server.handlers.base import BaseHandler, Operation
+from server.handlers.bodies import (
+    ImportProgress,
+    Interrupted,
+    Restarted,
+    SessionBody,
+    SessionList,
+    SessionState,
+    Variables,
+)
+from server.notebook.importer import cells_from_notebook
 from server.sessions.replay import Replay
 
 
 class SessionsHandler(BaseHandler):
+    api = {
+        "get": Operation("This tenant's sessions", SessionList),
+        "post": Operation(
+            "Create a session (with a kernel from its pool). With a notebook (nbformat v4) or "
+            "cells, replay them as its steps: 201 with each cell's outcome in import, or 202 "
+            "when the replay outlasts import_wait_s (poll GET /sessions/{id}/import)",
+            SessionState,
+            status=201,
+            errors=(400, 403, 409, 503),
+            body=SessionBody,
+            accepted={202: "the replay goes on; poll the Location (GET /sessions/{id}/import)"},
+        ),
+    }
+
     async def get(self) -> None:
         sessions = await self.runtime.sessions.list(self.current_tenant())
         self.write_json({"sessions": [s.describe() for s in sessions]})
 
     async def post(self) -> None:
-        """A new session; with ``notebook`` or ``cells``, their replay (201, or 202 to poll)."""
         tenant = self.current_tenant()
-        body = self.json_body()
+        body = self.body(SessionBody)
         replay = self._replay(body)
-        session = await self.runtime.sessions.create(
-            tenant, str_field(body, "session_id"), str_field(body, "pool")
-        )
+        session = await self.runtime.sessions.create(tenant, body.session_id, body.pool, replay)
         if replay is None:
             self.set_header("Location", f"/sessions/{session.client_id}")
             self.write_json(session.describe(), status=201)
             return
-        session.replay = replay
-        replay.start(self.runtime.sessions, session)
         done = await replay.wait(self.settings_obj.import_wait_s)
         poll = f"/sessions/{session.client_id}" + ("" if done else "/import")
         self.set_header("Location", poll)
         self.write_json({**session.describe(), "import": replay.describe()}, 201 if done else 202)
 
-    def _replay(self, body: dict[str, Any]) -> Replay | None:
-        document = body.get("notebook", body.get("cells"))
+    def _replay(self, body: SessionBody) -> Replay | None:
+        if body.notebook is not None and body.cells is not None:
+            raise ValidationError("give a notebook or cells, not both")
+        document = body.notebook if body.notebook is not None else body.cells
         if document is None:
             return None
-        if "notebook" in body and "cells" in body:
-            raise ValidationError("give a notebook or cells, not both")
-        stop_on_error = body.get("stop_on_error", True)
-        if not isinstance(stop_on_error, bool):
-            raise ValidationError("stop_on_error must be true or false")
-        settings = self.settings_obj
-        max_rows = int_field(body, "max_rows", settings.max_rows_default, 0, settings.max_rows_cap)
-        return Replay(cells_from_notebook(document), stop_on_error, max_rows)
+        return Replay(
+            cells_from_notebook(document), body.stop_on_error, self.max_rows(body.max_rows)
+        )
 
 
 class SessionHandler(BaseHandler):
+    api = {
+        "get": Operation("A session's state", SessionState, errors=(404,)),
+        "delete": Operation("End a session and destroy its kernel", status=204, errors=(404,)),
+    }
+
     async def get(self, session_id: str) -> None:
         session = await self.runtime.sessions.get(self.current_tenant(), session_id)
         self.write_json(session.describe())
@@ -62,6 +80,15 @@ class SessionHandler(BaseHandler):
 
 
 class ImportHandler(BaseHandler):
+    api = {
+        "get": Operation(
+            "Progress of the session's notebook import: state (running, done, failed), and "
+            "each cell's outcome",
+            ImportProgress,
+            errors=(404,),
+        )
+    }
+
     async def get(self, session_id: str) -> None:
         session = await self.runtime.sessions.get(self.current_tenant(), session_id)
         if session.replay is None:
@@ -70,6 +97,12 @@ class ImportHandler(BaseHandler):
 
 
 class InterruptHandler(BaseHandler):
+    api = {
+        "post": Operation(
+            "Interrupt the running cell (skips the queue)", Interrupted, errors=(404,)
+        )
+    }
+
     async def post(self, session_id: str) -> None:
         session = await self.runtime.sessions.get(self.current_tenant(), session_id)
         interrupted = await self.runtime.sessions.interrupt(session)
@@ -77,12 +110,30 @@ class InterruptHandler(BaseHandler):
 
 
 class RestartHandler(BaseHandler):
+    api = {
+        "post": Operation(
+            "Give the session a fresh kernel with its checkpointed frames restored (queued "
+            "behind running steps)",
+            Restarted,
+            errors=(404, 409, 503),
+        )
+    }
+
     async def post(self, session_id: str) -> None:
         session = await self.runtime.sessions.get(self.current_tenant(), session_id)
         self.write_json(await self.runtime.sessions.restart(session))
 
 
 class VariablesHandler(BaseHandler):
+    api = {
+        "get": Operation(
+            "The session's named DataFrames as its last checkpoint saw them: name, shape, "
+            "dtypes, bytes, cache_key, restorable",
+            Variables,
+            errors=(404,),
+        )
+    }
+
     async def get(self, session_id: str) -> None:
         session = await self.runtime.sessions.get(self.current_tenant(), session_id)
         self.write_json(await self.runtime.sessions.variables(session))

@@ -76,7 +76,7 @@ class BubblewrapKernel(SandboxedKernel):
             except ProcessLookupError:
                 pass
         if self.cgroup is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.cgroup.remove)
+            await asyncio.to_thread(self.cgroup.remove)
         try:
             await asyncio.wait_for(self.process.wait(), 5)
         except TimeoutError:
@@ -229,4 +229,4 @@ class BubblewrapSandbox(Sandbox):
                     remove_kernel_dir(root)
             return count
 
-        return await asyncio.get_running_loop().run_in_executor(None, reap)
+        return await asyncio.to_thread(reap)

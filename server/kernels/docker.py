@@ -9,7 +9,7 @@ else of the host is visible, and the kernel's environment is only ``LaunchSpec.k
 
 docker-py is blocking, so every call runs on this sandbox's thread pool and is awaited;
 docker-py and requests exceptions are translated into our errors in one place,
-``map_docker_errors``. Containers carry labels (kernel id, pool, runtime dir), which is how
+``engine.map_docker_errors``. Containers carry labels (kernel id, pool, runtime dir), which is how
 ``reap_orphans`` finds the kernels an earlier run of a server with the same runtime dir
 left behind.
 """
@@ -33,7 +33,7 @@ from docker.types import LogConfig
 from docker.utils import version_lt
 
 from server.config import Settings
-from server.errors import SandboxUnavailable
+from server.kernels.engine import docker_client, map_docker_errors
 from server.kernels.sandbox import (
     LIB_MOUNT,
     RW_MOUNT,
@@ -64,36 +64,6 @@ CONTAINER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
 ENGINE_TIMEOUT_S = 60
 PROBE_TIMEOUT_S = 5
 WORKERS = 8
-
-
-@contextmanager
-def map_docker_errors(action: str, image: str = "") -> Iterator[None]:
-    """Translate docker-py and transport errors raised while doing ``action``."""
-    try:
-        yield
-    except docker.errors.ImageNotFound as exc:
-        raise SandboxUnavailable(
-            f"the kernel image {image or '(unknown)'} is not in the Docker engine: "
-            "build it with `dataexec build-image`"
-        ) from exc
-    except docker.errors.APIError as exc:
-        raise SandboxUnavailable(
-            f"the Docker engine refused to {action}: {exc.explanation or exc}"
-        ) from exc
-    except requests.exceptions.Timeout as exc:
-        raise SandboxUnavailable(f"the Docker engine did not answer in time to {action}") from exc
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise SandboxUnavailable(
-            f"no Docker engine answers (needed to {action}): {exc}; start one, e.g. with "
-            'scripts/docker-engine, or choose sandbox = "bubblewrap"'
-        ) from exc
-
-
-def _new_client(settings: Settings, timeout: int) -> docker.DockerClient:
-    """A client for the configured engine; ``version="auto"`` asks the engine, so this blocks."""
-    if settings.docker_url:
-        return docker.DockerClient(base_url=settings.docker_url, version="auto", timeout=timeout)
-    return docker.from_env(version="auto", timeout=timeout)
 
 
 def cpu_period_and_quota(cpus: float) -> tuple[int, int]:
@@ -206,7 +176,7 @@ class DockerSandbox(Sandbox):
         Blocking, with a short timeout: called once at start, before the event loop serves.
         """
         try:
-            client = _new_client(settings, PROBE_TIMEOUT_S)
+            client = docker_client(settings, PROBE_TIMEOUT_S)
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             return False
         try:
@@ -221,7 +191,7 @@ class DockerSandbox(Sandbox):
         """The low-level client, made on first use (making it talks to the engine)."""
         with self._client_lock:
             if self._client is None:
-                self._client = _new_client(self.settings, ENGINE_TIMEOUT_S)
+                self._client = docker_client(self.settings, ENGINE_TIMEOUT_S)
             return self._client.api
 
     async def call(self, action: str, fn: Callable[[docker.APIClient], T]) -> T:

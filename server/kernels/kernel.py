@@ -12,9 +12,11 @@ import logging
 import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import zmq.asyncio
+from dataexec_kernel import protocol
 
 from server.config import PoolSettings, Settings
 from server.errors import DataExecError, ExecutionTimeout, KernelDied, OutOfMemory, OutputTooLarge
@@ -38,7 +40,7 @@ except ZeroDivisionError:
 get_ipython().execution_count = 1
 pd.DataFrame({'a': [1.0]}).describe()
 """
-WARM_UP_EXPRESSIONS = {"dataexec": "__dataexec__.result(1)"}
+WARM_UP_EXPRESSIONS = {protocol.EXPRESSION: protocol.result_expression(1)}
 
 
 class Kernel:
@@ -63,6 +65,11 @@ class Kernel:
         self.interrupt_grace = interrupt_grace
         self._closed = False
 
+    @property
+    def broker_socket(self) -> Path:
+        """Where the kernel looks for its broker (in the server-owned, read-only part)."""
+        return self.kernel_dir.srv / protocol.BROKER_SOCKET
+
     async def alive(self) -> bool:
         """Whether the kernel runs (asks the sandbox: a system call, or an engine request)."""
         return self.lost is None and await self.process.poll() is None
@@ -76,6 +83,17 @@ class Kernel:
         if self.lost is not None:
             return False
         return not self.client.channels_lost() or await self.alive()
+
+    def interrupt(self) -> None:
+        """Ask the kernel to interrupt its running cell (the cell answers as interrupted)."""
+        self.client.interrupt()
+
+    async def death_reason(self) -> str:
+        """Why a kernel that is no longer usable went: ``out_of_memory``, or ``kernel_died``
+        (or the reason it was discarded for)."""
+        if self.lost is not None:
+            return self.lost
+        return "out_of_memory" if await self.process.oom_killed() else "kernel_died"
 
     async def run(
         self,
@@ -113,7 +131,7 @@ class Kernel:
         """Interrupt the running cell; kill the kernel if it does not stop. True if it stopped."""
         if self._closed:
             return False
-        self.client.interrupt()
+        self.interrupt()
         if await self.client.wait_idle(self.interrupt_grace):
             return True
         await self.discard("timeout")
@@ -153,7 +171,7 @@ class Kernel:
         try:
             await self.process.kill()
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, self.kernel_dir.remove)
+            await asyncio.to_thread(self.kernel_dir.remove)
 
 
 class KernelLauncher:
@@ -179,9 +197,7 @@ class KernelLauncher:
     async def _start(self, pool: PoolSettings) -> Kernel:
         kernel_id = uuid.uuid4().hex
         limits = Limits.of_pool(pool)
-        loop = asyncio.get_running_loop()
-        kernel_dir = await loop.run_in_executor(
-            None,
+        kernel_dir = await asyncio.to_thread(
             KernelDir.create,
             self.settings.runtime_dir,
             kernel_id,
@@ -224,7 +240,7 @@ class KernelLauncher:
                 client.close()
             if process is not None:
                 await process.kill()
-            await loop.run_in_executor(None, kernel_dir.remove)
+            await asyncio.to_thread(kernel_dir.remove)
             raise
 
     def close(self) -> None:

@@ -18,13 +18,14 @@ import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dataexec_kernel import protocol
+
 from server.config import MiB, PoolSettings
 
 SRV_MOUNT = "/dataexec/srv"
 RW_MOUNT = "/dataexec/rw"
 LIB_MOUNT = "/dataexec/lib"
 CONNECTION_FILE = "connection.json"
-BROKER_SOCKET = "broker.sock"  # in the srv part: the kernel's only door to data
 KERNEL_MODULE = "dataexec_kernel"
 
 # Environment a kernel may see; everything else of the server's environment stays out.
@@ -90,7 +91,7 @@ class LaunchSpec:
             "MKL_NUM_THREADS": threads,
             "ARROW_NUM_THREADS": threads,
             "PIP_NO_INDEX": "1",
-            "DATAEXEC_BROKER": f"{SRV_MOUNT}/{BROKER_SOCKET}",
+            protocol.BROKER_ENV: f"{SRV_MOUNT}/{protocol.BROKER_SOCKET}",
         }
 
 

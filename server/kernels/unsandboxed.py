@@ -12,9 +12,10 @@ import json
 import logging
 import signal
 
+from dataexec_kernel import protocol
+
 from server.config import Settings
 from server.kernels.sandbox import (
-    BROKER_SOCKET,
     CONNECTION_FILE,
     LaunchSpec,
     Sandbox,
@@ -67,7 +68,7 @@ class UnsandboxedSandbox(Sandbox):
             **spec.kernel_env(),
             "PYTHONPATH": str(spec.lib_dir),
             "HOME": str(spec.kernel_dir),
-            "DATAEXEC_BROKER": str(srv / BROKER_SOCKET),
+            protocol.BROKER_ENV: str(srv / protocol.BROKER_SOCKET),
         }
         argv = spec.kernel_argv(str(self.settings.kernel_env / "bin" / "python"))
         argv[-1] = str(host_file)

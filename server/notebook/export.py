@@ -1,10 +1,8 @@
-"""A session's history as a Jupyter notebook, and notebooks back into steps to replay.
+"""A session's history as a Jupyter notebook an analyst can read and re-run.
 
-This module owns the notebook format of DataExec, both ways, and nothing else: no I/O, no
-server state. ``build_notebook`` turns ``ExecutionRecord``s into an nbformat v4.5 notebook
-that an analyst can read and re-run; ``to_percent_script`` writes that notebook as a
-jupytext "percent" script; ``cells_from_notebook`` reads a notebook (or a plain list of
-cells) that a client posts, into the steps a new session replays.
+``build_notebook`` turns a session's steps (``Step``: what the history records) into an
+nbformat v4.5 notebook; ``percent`` writes it as a script, ``importer`` reads notebooks
+back into steps.
 
 The notebook, top to bottom:
 
@@ -29,18 +27,15 @@ numbers, never random.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import nbformat
 
-from server.errors import ValidationError
-from server.sessions.history import ExecutionRecord
+from server import clock
 
-MAX_IMPORTED_CELLS = 500
 SETUP_LINES = ("import numpy as np", "import pandas as pd", "%load_ext dataexec_kernel")
 SETUP_ROLE = "setup"
 FAILED_TAG = "dataexec-failed"
@@ -89,6 +84,26 @@ FAILURE_EXPLANATIONS = {
 }
 
 
+class Step(Protocol):
+    """A step of a session as the export reads it (``sessions.history.Step``)."""
+
+    execution_count: int
+    language: str
+    cell: str  # what the kernel ran
+    started: dt.datetime
+    kind: str
+    result_name: str | None
+    status: str  # ok, failed, cancelled, running
+    error_type: str | None
+    error: dict[str, Any] | None
+    elapsed_ms: float | None
+    row_count: int | None
+    cache_key: str | None
+    kernel_replaced: str | None
+    restored_frames: list[str]
+    outputs: list[dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class NotebookSession:
     """What the notebook may say about its session; nothing else about it reaches the file."""
@@ -100,28 +115,11 @@ class NotebookSession:
     pool: str
 
 
-@dataclass(frozen=True)
-class ImportedCell:
-    """One step to replay from an imported notebook.
-
-    ``language`` is ``python`` or ``sql`` (then ``code`` is the query alone, and
-    ``result_name`` the frame's name, None for a ``%%sql`` without one). ``allow_error``
-    says the cell is tagged ``raises-exception``: its failure need not stop the replay.
-    ``cell_index`` is the cell's position in the document, for messages.
-    """
-
-    language: str
-    code: str
-    result_name: str | None = None
-    allow_error: bool = False
-    cell_index: int = 0
-
-
 # --- building --------------------------------------------------------------------------
 
 
 def build_notebook(
-    session: NotebookSession, executions: Sequence[ExecutionRecord], *, outputs: bool = True
+    session: NotebookSession, executions: Sequence[Step], *, outputs: bool = True
 ) -> nbformat.NotebookNode:
     """The session's steps as an nbformat v4.5 notebook; ``outputs=False`` gives a clean one."""
     ids = _CellIds()
@@ -139,7 +137,7 @@ def build_notebook(
             "language_info": dict(LANGUAGE_INFO),
             "dataexec": {
                 "session_id": session.session_id,
-                "created": _iso(session.created),
+                "created": clock.iso(session.created),
                 "dialect": session.dialect,
                 "pool": session.pool,
                 "server_version": session.server_version,
@@ -188,9 +186,7 @@ def _code(
     }
 
 
-def _step_cells(
-    record: ExecutionRecord, ids: _CellIds, *, outputs: bool
-) -> Iterator[dict[str, Any]]:
+def _step_cells(record: Step, ids: _CellIds, *, outputs: bool) -> Iterator[dict[str, Any]]:
     """The replacement note (if any), the step's code cell, and its note (if any)."""
     n = record.execution_count
     if record.kernel_replaced is not None:
@@ -207,14 +203,14 @@ def _step_cells(
         yield _markdown(ids.take(f"step-{n}-note"), note)
 
 
-def _step_metadata(record: ExecutionRecord) -> dict[str, Any]:
+def _step_metadata(record: Step) -> dict[str, Any]:
     """The step's facts, kept under ``metadata.dataexec`` of its cell."""
     facts: dict[str, Any] = {
         "execution_count": record.execution_count,
         "status": record.status,
         "kind": record.kind,
         "language": record.language,
-        "started": _iso(record.started, "milliseconds"),
+        "started": clock.iso(record.started, "milliseconds"),
         "elapsed_ms": record.elapsed_ms,
         "row_count": record.row_count,
         "result_name": record.result_name,
@@ -232,7 +228,7 @@ def _step_metadata(record: ExecutionRecord) -> dict[str, Any]:
     return facts
 
 
-def _step_tags(record: ExecutionRecord) -> list[str]:
+def _step_tags(record: Step) -> list[str]:
     if record.status == "ok":
         return []
     if record.status == "failed":
@@ -244,7 +240,7 @@ def _tag_word(text: str) -> str:
     return re.sub(r"[^a-z0-9_-]+", "-", text.lower()) or "unknown"
 
 
-def _error_message(record: ExecutionRecord) -> str:
+def _error_message(record: Step) -> str:
     error = record.error or {}
     if isinstance(error.get("message"), str):
         return error["message"]
@@ -253,7 +249,7 @@ def _error_message(record: ExecutionRecord) -> str:
     return record.error_type or "failed"
 
 
-def _step_note(record: ExecutionRecord, shows_error: bool) -> str | None:
+def _step_note(record: Step, shows_error: bool) -> str | None:
     """What a reader should know about a step that did not end ``ok``, if its cell is silent."""
     n = record.execution_count
     if record.status == "ok":
@@ -277,7 +273,7 @@ def _step_note(record: ExecutionRecord, shows_error: bool) -> str | None:
     return "\n\n".join(p for p in paragraphs if p)
 
 
-def _replacement_note(record: ExecutionRecord) -> str:
+def _replacement_note(record: Step) -> str:
     reason = record.kernel_replaced or ""
     why = REPLACEMENT_REASONS.get(reason, f"was replaced ({_code_span(reason)})")
     frames = ", ".join(_code_span(name) for name in record.restored_frames)
@@ -293,9 +289,7 @@ def _replacement_note(record: ExecutionRecord) -> str:
     )
 
 
-def _intro(
-    session: NotebookSession, executions: Sequence[ExecutionRecord], *, outputs: bool
-) -> str:
+def _intro(session: NotebookSession, executions: Sequence[Step], *, outputs: bool) -> str:
     """The first cell: what this notebook is, its helpers, and how to re-run it elsewhere."""
     failed = sum(r.status == "failed" for r in executions)
     cancelled = sum(r.status == "cancelled" for r in executions)
@@ -310,7 +304,7 @@ def _intro(
     )
     return f"""# DataExec session {_code_span(session.session_id)}
 
-- **Session:** {_code_span(session.session_id)}, created {_iso(session.created)}, \
+- **Session:** {_code_span(session.session_id)}, created {clock.iso(session.created)}, \
 pool {_code_span(session.pool)}
 - **Database:** {session.dialect}
 - **Steps:** {steps}
@@ -433,12 +427,6 @@ def _multiline(value: Any) -> str | None:
 # --- small text helpers ----------------------------------------------------------------
 
 
-def _iso(moment: dt.datetime, timespec: str = "seconds") -> str:
-    if moment.tzinfo is None:  # the store keeps naive UTC
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
-
-
 def _one_line(text: str, limit: int = 500) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -451,304 +439,3 @@ def _code_span(text: str) -> str:
     fence = "`" * (longest + 1)
     padding = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{padding}{text}{padding}{fence}"
-
-
-# --- percent script --------------------------------------------------------------------
-
-# Cell magics that jupytext writes as a cell in another language (its _JUPYTER_LANGUAGES).
-JUPYTEXT_LANGUAGES = frozenset(
-    "R bash sh python python2 python3 coconut javascript js perl html latex markdown pypy ruby "
-    "script svg matlab octave idl robotframework sas spark sql cython haskell tcl gnuplot".split()
-)
-# jupytext's rules for Python lines that are magics (jupytext/magics.py, is_magic): these are
-# commented with "# " on writing and uncommented on reading, escaped or not.
-_MAGIC = re.compile(r"^\s*(# |#)*(%|%%|%%%)[a-zA-Z]")
-_MAGIC_NOT_ESCAPED = re.compile(r"^\s*(# |#)*(%|%%|%%%)[a-zA-Z](.*)#\s*noescape")
-_HELP_OR_SHELL = re.compile(r"^\s*(# |#)*\s*(\?|!)\s*[A-Za-z\.\~\$\\\/\{\}]")
-_SHELL_COMMAND = re.compile(
-    r"^(# |#)*(cat|cd|cp|mv|rm|rmdir|mkdir|copy|ddir|echo|ls|ldir|mkdir|ren|rmdir)"
-    r"($|\s$|\s[^=,])"
-)
-_MAGIC_ASSIGNMENT = re.compile(
-    r"^(# |#)*\s*([a-zA-Z_][a-zA-Z_$0-9]*)\s*=\s*(%|%%|%%%|!)[a-zA-Z](.*)"
-)
-_HELP = re.compile(r"^\s*(# )*[^\s]*\?\s*$")
-_CONTINUED = re.compile(r".*\\\s*$")
-
-
-def to_percent_script(nb: nbformat.NotebookNode) -> str:
-    """The notebook as a jupytext percent script (``# %%`` cells, magics commented), no outputs.
-
-    It follows jupytext's conventions, so ``jupytext --to ipynb`` gives back the same cells:
-    magics are commented (``# %load_ext ...``), a ``%%sql name`` cell becomes
-    ``# %% magic_args="name" language="sql"`` over its commented query, and tags are kept.
-    """
-    lines = _percent_header(nb.get("metadata", {}))
-    for cell in nb.get("cells", []):
-        lines.append("")
-        lines.extend(_percent_cell(cell))
-    return "\n".join(lines) + "\n"
-
-
-def _percent_header(metadata: dict[str, Any]) -> list[str]:
-    lines = [
-        "# ---",
-        "# jupyter:",
-        "#   jupytext:",
-        "#     text_representation:",
-        "#       extension: .py",
-        "#       format_name: percent",
-        "#       format_version: '1.3'",
-    ]
-    kernelspec = metadata.get("kernelspec") or {}
-    keys = [k for k in ("display_name", "language", "name") if isinstance(kernelspec.get(k), str)]
-    if keys:
-        lines.append("#   kernelspec:")
-        lines.extend(f"#     {key}: {_yaml_scalar(kernelspec[key])}" for key in keys)
-    lines.append("# ---")
-    return lines
-
-
-def _yaml_scalar(text: str) -> str:
-    return text if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._-]*", text) else json.dumps(text)
-
-
-def _percent_cell(cell: dict[str, Any]) -> list[str]:
-    source = _source_lines(cell.get("source", ""))
-    if cell.get("cell_type") != "code":
-        kind = "markdown" if cell.get("cell_type") == "markdown" else "raw"
-        return [f"# %% [{kind}]", *_commented(source)]
-    options = []
-    tags = (cell.get("metadata") or {}).get("tags")
-    if tags:
-        options.append(f"tags={json.dumps(list(tags))}")
-    language, magic_args = _cell_language(source)
-    if language is not None:
-        if magic_args:
-            options.append(f"magic_args={json.dumps(magic_args)}")
-        options.append(f"language={json.dumps(language)}")
-        body = _commented(source[1:])  # a cell in another language is commented whole
-        indent = ""
-    else:
-        body = _comment_magics(source)
-        # jupytext indents the marker as the cell's first line, and reads it back so
-        indent = source[0][: len(source[0]) - len(source[0].lstrip())] if source[0].strip() else ""
-    marker = indent + " ".join(["# %%", *options])
-    return [marker] if body in ([], [""]) else [marker, *body]
-
-
-def _source_lines(source: str | list[str]) -> list[str]:
-    text = source if isinstance(source, str) else "".join(source)
-    return text.split("\n")
-
-
-def _commented(lines: list[str]) -> list[str]:
-    return [f"# {line}" if line else "#" for line in lines]
-
-
-def _cell_language(source: list[str]) -> tuple[str | None, str]:
-    """jupytext's reading of a first line ``%%lang args``: (lang, args), or (None, "")."""
-    first = source[0] if source else ""
-    if not first.startswith("%%"):
-        return None, ""
-    language, _, magic_args = first[2:].partition(" ")
-    return (language, magic_args) if language in JUPYTEXT_LANGUAGES else (None, "")
-
-
-def _is_magic(line: str) -> bool:
-    if _MAGIC_NOT_ESCAPED.match(line):
-        return False
-    return any(
-        rule.match(line)
-        for rule in (_MAGIC, _HELP_OR_SHELL, _MAGIC_ASSIGNMENT, _HELP, _SHELL_COMMAND)
-    )
-
-
-def _comment_magics(lines: list[str]) -> list[str]:
-    """Comment magic lines outside strings, as jupytext's ``comment_magic`` does."""
-    quotes = _QuoteTracker()
-    commented, continued = [], False
-    for line in lines:
-        if not quotes.is_quoted() and (continued or _is_magic(line)):
-            body = line if continued else line.lstrip()
-            indent = line[: len(line) - len(body)]
-            commented.append(f"{indent}# {body}")
-            continued = bool(_CONTINUED.match(line))
-        else:
-            commented.append(line)
-        quotes.read_line(line)
-    return commented
-
-
-class _QuoteTracker:
-    """Whether the next line starts inside a Python string (jupytext's ``StringParser``).
-
-    Kept rule for rule, quirks included, so that what we comment is what jupytext uncomments.
-    """
-
-    def __init__(self) -> None:
-        self.single: str | None = None
-        self.triple: str | None = None
-
-    def is_quoted(self) -> bool:
-        return bool(self.single or self.triple)
-
-    def read_line(self, line: str) -> None:
-        if not self.is_quoted() and line.lstrip().startswith("#"):
-            return
-        triple_start = -1
-        for i, char in enumerate(line):
-            if self.single is None and self.triple is None and char == "#":
-                break
-            if char not in "\"'" or line[i - 1 : i] == "\\":
-                continue
-            if self.single == char:
-                self.single = None
-                continue
-            if self.single is not None:
-                continue
-            if line[i - 2 : i + 1] == 3 * char and i >= triple_start + 3:
-                if self.triple == char:
-                    self.triple, triple_start = None, i
-                elif self.triple is None:
-                    self.triple, triple_start = char, i
-                continue
-            if self.triple is not None:
-                continue
-            self.single = char
-        self.single = None  # a single-quoted string ends with its line
-
-
-# --- import ----------------------------------------------------------------------------
-
-_SQL_MAGIC = re.compile(r"%%sql(?:[ \t]+(?P<args>.*?))?[ \t]*")
-
-
-def cells_from_notebook(document: Any) -> list[ImportedCell]:
-    """The code cells of a posted notebook (or list of cells) to replay, in order.
-
-    Accepts an nbformat v4 notebook as decoded JSON, or a list whose items are nbformat
-    cells, ``{"code", "language"?, "result_name"?}`` objects or plain strings of code.
-    Markdown and raw cells, empty cells and the setup cell are skipped. Raises
-    ``ValidationError`` for anything else, or past ``MAX_IMPORTED_CELLS`` cells to run.
-    """
-    imported: list[ImportedCell] = []
-    for index, item in enumerate(_document_cells(document)):
-        cell = _imported_cell(item, index)
-        if cell is None:
-            continue
-        if len(imported) == MAX_IMPORTED_CELLS:
-            raise ValidationError(
-                f"the notebook has more than {MAX_IMPORTED_CELLS} code cells to run; "
-                "split it into smaller notebooks"
-            )
-        imported.append(cell)
-    if not imported:
-        raise ValidationError("the notebook has no code cells to run")
-    return imported
-
-
-def _document_cells(document: Any) -> list[Any]:
-    if isinstance(document, list):
-        return document
-    if not isinstance(document, dict):
-        raise ValidationError(
-            "expected a Jupyter notebook (an object with a 'cells' list) or a list of cells"
-        )
-    if "nbformat" in document:
-        version = document["nbformat"]
-        if not isinstance(version, int) or isinstance(version, bool) or version != 4:
-            raise ValidationError(
-                f"only nbformat 4 notebooks can be imported, this one is nbformat {version!r}; "
-                "convert it with `jupyter nbconvert --to notebook`"
-            )
-    cells = document.get("cells")
-    if not isinstance(cells, list):
-        raise ValidationError("a notebook must have a 'cells' list")
-    return cells
-
-
-def _imported_cell(item: Any, index: int) -> ImportedCell | None:
-    """One document cell as a step to replay, or None when there is nothing to run."""
-    where = f"cells[{index}]"
-    if isinstance(item, str):
-        return _from_source(item, index, allow_error=False)
-    if not isinstance(item, dict):
-        raise ValidationError(
-            f"{where} must be a notebook cell, an object with 'code', or a string"
-        )
-    if "cell_type" in item:
-        return _from_notebook_cell(item, index)
-    if "code" in item:
-        return _from_code_object(item, index)
-    raise ValidationError(f"{where} has neither 'cell_type' nor 'code'")
-
-
-def _from_notebook_cell(cell: dict[str, Any], index: int) -> ImportedCell | None:
-    where = f"cells[{index}]"
-    kind = cell["cell_type"]
-    if kind in ("markdown", "raw"):
-        return None
-    if kind != "code":
-        raise ValidationError(f"{where} has an unknown cell_type {kind!r}")
-    source = cell.get("source", "")
-    if isinstance(source, list) and all(isinstance(line, str) for line in source):
-        source = "".join(source)
-    if not isinstance(source, str):
-        raise ValidationError(f"{where}: 'source' must be a string or a list of strings")
-    metadata = cell.get("metadata")
-    metadata = {} if metadata is None else metadata
-    if not isinstance(metadata, dict):
-        raise ValidationError(f"{where}: 'metadata' must be an object")
-    marker = metadata.get("dataexec")
-    if isinstance(marker, dict) and marker.get("role") == SETUP_ROLE:
-        return None
-    tags = metadata.get("tags")
-    allow_error = isinstance(tags, list) and RAISES_TAG in tags
-    return _from_source(source, index, allow_error=allow_error)
-
-
-def _from_code_object(item: dict[str, Any], index: int) -> ImportedCell | None:
-    where = f"cells[{index}]"
-    code, language = item["code"], item.get("language", "python")
-    result_name = item.get("result_name")
-    if not isinstance(code, str):
-        raise ValidationError(f"{where}: 'code' must be a string")
-    if language not in ("python", "sql"):
-        raise ValidationError(f"{where}: 'language' must be 'python' or 'sql'")
-    if language == "python":
-        if result_name is not None:
-            raise ValidationError(f"{where}: 'result_name' applies to SQL cells only")
-        return _from_source(code, index, allow_error=False)
-    if result_name is not None:
-        _check_result_name(result_name, where)
-    if not code.strip():
-        raise ValidationError(f"{where}: an SQL cell needs a query")
-    return ImportedCell("sql", code, result_name, cell_index=index)
-
-
-def _from_source(source: str, index: int, *, allow_error: bool) -> ImportedCell | None:
-    """A code cell's source as a step: ``%%sql [name]`` cells become SQL, others Python."""
-    if not source.strip() or _is_setup(source):
-        return None
-    first, _, query = source.partition("\n")
-    magic = _SQL_MAGIC.fullmatch(first.rstrip())
-    if magic is None:
-        return ImportedCell("python", source, None, allow_error, index)
-    where = f"cells[{index}]"
-    result_name = magic.group("args") or None
-    if result_name is not None:
-        _check_result_name(result_name, where)
-    if not query.strip():
-        raise ValidationError(f"{where}: the %%sql cell has no query")
-    return ImportedCell("sql", query, result_name, allow_error, index)
-
-
-def _check_result_name(name: Any, where: str) -> None:
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValidationError(f"{where}: the result name {name!r} is not a Python identifier")
-
-
-def _is_setup(source: str) -> bool:
-    lines = tuple(line.strip() for line in source.splitlines() if line.strip())
-    return lines == SETUP_LINES

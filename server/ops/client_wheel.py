@@ -1,10 +1,11 @@
-"""The client package (``dataexec_kernel``) as a wheel, built from the copy the server runs.
+"""The analysts' client as a wheel, built from the copy the server runs.
 
-Analysts re-running an exported notebook need ``dataexec_kernel`` in their own Jupyter, and
-it is not on PyPI: the server hands it out (``GET /client/<wheel>``), so the client always
-matches the server that exported the notebook. The wheel is built in memory on first use
-(pure Python, a zip with ``*.dist-info``); its metadata mirrors kernel_image/pyproject.toml,
-which a test checks.
+Analysts re-running an exported notebook need ``dataexec_kernel`` (the helpers the notebook's
+``%load_ext dataexec_kernel`` loads) and ``dataexec_client`` (which plugs a DataExec server
+or a database into them) in their own Jupyter, and they are not on PyPI: the server hands
+them out (``GET /client/<wheel>``), so the client always matches the server that exported
+the notebook. The wheel is built in memory on first use (pure Python, a zip with
+``*.dist-info``); its metadata mirrors kernel_image/pyproject.toml, which a test checks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 DISTRIBUTION = "dataexec_kernel"
+PACKAGES = ("dataexec_kernel", "dataexec_client")
 REQUIRES = ("pandas>=2.0", "pyarrow>=14")
 EXTRAS = {
     "database": ("SQLAlchemy>=2.0",),
@@ -37,8 +39,8 @@ SUMMARY = (
 ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 
 
-def _package_dir() -> Path:
-    spec = importlib.util.find_spec(DISTRIBUTION)
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
     assert spec is not None and spec.submodule_search_locations
     return Path(list(spec.submodule_search_locations)[0])
 
@@ -77,9 +79,10 @@ def _record_line(name: str, data: bytes) -> str:
 @functools.cache
 def build() -> bytes:
     """The wheel's bytes (built once per process)."""
-    package = _package_dir()
     files = {
-        f"{DISTRIBUTION}/{path.relative_to(package).as_posix()}": path.read_bytes()
+        f"{name}/{path.relative_to(package).as_posix()}": path.read_bytes()
+        for name in PACKAGES
+        for package in [_package_dir(name)]
         for path in sorted(package.rglob("*"))
         if path.is_file() and path.suffix in (".py", ".conf")
     }

@@ -27,20 +27,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import docker
-import docker.errors
-import requests.exceptions
 
 from server.config import Settings
 from server.errors import SandboxUnavailable
+from server.kernels.engine import docker_client, map_docker_errors
 
 Log = Callable[[str], Any]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "Dockerfile.kernel"
 REQUIREMENTS = REPO_ROOT / "kernel_image" / "requirements.txt"
 CONSTRAINTS = REPO_ROOT / "constraints.txt"
@@ -105,29 +103,10 @@ def check_architecture() -> None:
         )
 
 
-@contextmanager
-def map_build_errors(action: str) -> Iterator[None]:
-    """Translate docker-py and engine failures during a build into SandboxUnavailable."""
-    try:
-        yield
-    except docker.errors.BuildError as exc:
-        raise SandboxUnavailable(f"{action} failed: {exc.msg}") from exc
-    except docker.errors.APIError as exc:
-        raise SandboxUnavailable(f"{action} failed: {exc.explanation or exc}") from exc
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise SandboxUnavailable(
-            f"{action} failed: no Docker engine answers ({exc}); "
-            "start one (scripts/docker-engine does)"
-        ) from exc
-
-
 def engine_client(settings: Settings) -> docker.DockerClient:
-    """A docker-py client for the configured engine, API version negotiated with it."""
-    with map_build_errors("connecting to the Docker engine"):
-        if settings.docker_url:
-            client = docker.DockerClient(base_url=settings.docker_url, version="auto", timeout=600)
-        else:
-            client = docker.from_env(version="auto", timeout=600)
+    """A client for the configured engine, with a timeout long enough for builds."""
+    with map_docker_errors("connect to the Docker engine"):
+        client = docker_client(settings, timeout=600)
         client.ping()
     return client
 
@@ -204,7 +183,7 @@ def _image_exists(client: docker.DockerClient, name: str) -> bool:
 
 def ensure_base_image(client: docker.DockerClient, settings: Settings, *, log: Log = print) -> str:
     """The base image to build on: python:3.11-slim if present, else our debootstrapped one."""
-    with map_build_errors("looking up the base image"):
+    with map_docker_errors("look up the base image"):
         if _image_exists(client, SLIM_BASE):
             return SLIM_BASE
         if _image_exists(client, DEBOOTSTRAP_BASE):
@@ -241,7 +220,7 @@ def ensure_base_image(client: docker.DockerClient, settings: Settings, *, log: L
             "packing the base file system",
             log,
         )
-        with map_build_errors(f"importing {DEBOOTSTRAP_BASE}"):
+        with map_docker_errors(f"import {DEBOOTSTRAP_BASE}"):
             repository, tag = DEBOOTSTRAP_BASE.split(":")
             client.api.import_image_from_file(
                 str(tarball), repository=repository, tag=tag, changes=['CMD ["/bin/bash"]']
@@ -334,7 +313,7 @@ def build_kernel_image(
         for wheel in wheelhouse.glob("*.whl"):
             _link_or_copy(wheel, wheels / wheel.name)
         log(f"building {settings.docker_image} from {base} (network none)")
-        with map_build_errors(f"building {settings.docker_image}"):
+        with map_docker_errors(f"build {settings.docker_image}"):
             stream = client.api.build(
                 path=str(context),
                 dockerfile="Dockerfile",

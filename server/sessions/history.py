@@ -43,6 +43,12 @@ class ExecutionRecord:
     restored_frames: list[str] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
 
+    def fail(self, error_type: str, message: str, extra: dict[str, Any] | None = None) -> None:
+        """The step failed with an API error (for user-code errors: ename and evalue too)."""
+        self.status, self.error_type = "failed", error_type
+        self.error = {"message": message}
+        self.error.update({k: v for k, v in (extra or {}).items() if k in ("ename", "evalue")})
+
 
 @dataclass
 class FrameRecord:

@@ -13,17 +13,37 @@ Synchronous (SQLAlchemy); the async caller runs these in an executor.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from server import clock
 from server.sessions.history import ExecutionRecord, FrameRecord
-from server.store.database import ExecutionRow, FrameRow, SessionRow, Store
+from server.store.database import StoreDatabase
+from server.store.models import ExecutionRow, FrameRow, SessionRow
+
+R = TypeVar("R")
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+def _row(record: Any, model: type[Any], **extra: Any) -> Any:
+    """A store row of ``model`` from a record: the fields both have, ``extra`` over them."""
+    columns = model.__table__.columns.keys()
+    values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    return model(**{k: v for k, v in values.items() if k in columns} | extra)
+
+
+def _record(row: Any, kind: type[R], **overrides: Any) -> R:
+    """A record of ``kind`` from a store row: its fields by name, times as aware UTC."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(kind):  # type: ignore[arg-type]
+        if f.name in overrides:
+            continue
+        value = getattr(row, f.name)
+        values[f.name] = clock.utc(value) if isinstance(value, dt.datetime) else value
+    return kind(**values, **overrides)
 
 
 @dataclass(frozen=True)
@@ -41,16 +61,16 @@ class StoredSession:
     frames: list[FrameRecord]
 
 
-class SessionStore:
+class SessionRecords:
     """Reads and writes sessions, their steps and their frames."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreDatabase) -> None:
         self.store = store
 
     def create(self, session_id: str, tenant: str, client_id: str, pool: str) -> None:
         """A new active session row, replacing an ended or expired one with the same id
         (the caller has checked that no live session has it)."""
-        now = dt.datetime.now(dt.UTC)
+        now = clock.now()
         with self.store.session() as db, db.begin():
             db.execute(
                 sa.delete(SessionRow).where(
@@ -79,28 +99,16 @@ class SessionStore:
             tenant=row.tenant,
             client_id=row.client_id,
             pool=row.pool,
-            created=_utc(row.created),
-            last_activity=_utc(row.last_activity),
+            created=clock.utc(row.created),
+            last_activity=clock.utc(row.last_activity),
             execution_count=row.execution_count,
             lost_reason=row.lost_reason,
-            frames=[
-                FrameRecord(
-                    name=f.name,
-                    rows=f.rows,
-                    columns=f.columns,
-                    dtypes=f.dtypes,
-                    bytes=f.bytes,
-                    cache_key=f.cache_key,
-                    updated=_utc(f.updated),
-                    note=f.note,
-                )
-                for f in frames
-            ],
+            frames=[_record(f, FrameRecord) for f in frames],
         )
 
     def find(self, tenant: str, client_id: str, idle_limit_s: float) -> StoredSession | None:
         """The tenant's active session with this id, unless idle past ``idle_limit_s``."""
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=idle_limit_s)
+        since = clock.now() - dt.timedelta(seconds=idle_limit_s)
         with self.store.session() as db:
             row = db.scalar(
                 sa.select(SessionRow).where(
@@ -114,7 +122,7 @@ class SessionStore:
 
     def active_ids(self, tenant: str, idle_limit_s: float) -> list[str]:
         """Client ids of the tenant's active sessions, oldest first."""
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=idle_limit_s)
+        since = clock.now() - dt.timedelta(seconds=idle_limit_s)
         with self.store.session() as db:
             return list(
                 db.scalars(
@@ -141,29 +149,10 @@ class SessionStore:
         lost_reason: str | None,
     ) -> None:
         """Write one step, the session's counters and (when a pass ran) its frames."""
-        now = dt.datetime.now(dt.UTC)
+        now = clock.now()
         with self.store.session() as db, db.begin():
-            db.add(
-                ExecutionRow(
-                    session_id=session_id,
-                    execution_count=record.execution_count,
-                    language=record.language,
-                    kind=record.kind,
-                    code=record.code,
-                    cell=record.cell,
-                    result_name=record.result_name,
-                    status=record.status,
-                    error_type=record.error_type,
-                    error=record.error,
-                    started=record.started,
-                    elapsed_ms=None if record.elapsed_ms is None else round(record.elapsed_ms),
-                    row_count=record.row_count,
-                    cache_key=record.cache_key,
-                    kernel_replaced=record.kernel_replaced,
-                    restored_frames=record.restored_frames,
-                    outputs=record.outputs,
-                )
-            )
+            elapsed = None if record.elapsed_ms is None else round(record.elapsed_ms)
+            db.add(_row(record, ExecutionRow, session_id=session_id, elapsed_ms=elapsed))
             db.execute(
                 sa.update(SessionRow)
                 .where(SessionRow.id == session_id)
@@ -181,20 +170,7 @@ class SessionStore:
         self, db: sa.orm.Session, session_id: str, frames: list[FrameRecord]
     ) -> None:
         db.execute(sa.delete(FrameRow).where(FrameRow.session_id == session_id))
-        db.add_all(
-            FrameRow(
-                session_id=session_id,
-                name=f.name,
-                cache_key=f.cache_key,
-                rows=f.rows,
-                columns=f.columns,
-                dtypes=f.dtypes,
-                bytes=f.bytes,
-                updated=f.updated,
-                note=f.note,
-            )
-            for f in frames
-        )
+        db.add_all(_row(f, FrameRow, session_id=session_id) for f in frames)
 
     def history(self, session_id: str) -> list[ExecutionRecord]:
         """The session's steps in order."""
@@ -205,21 +181,10 @@ class SessionStore:
                 .order_by(ExecutionRow.execution_count, ExecutionRow.id)
             )
             return [
-                ExecutionRecord(
-                    execution_count=r.execution_count,
-                    language=r.language,
-                    code=r.code,
+                _record(
+                    r,
+                    ExecutionRecord,
                     cell=r.cell or r.code,
-                    started=_utc(r.started),
-                    kind=r.kind,
-                    result_name=r.result_name,
-                    status=r.status,
-                    error_type=r.error_type,
-                    error=r.error,
-                    elapsed_ms=r.elapsed_ms,
-                    row_count=r.row_count,
-                    cache_key=r.cache_key,
-                    kernel_replaced=r.kernel_replaced,
                     restored_frames=r.restored_frames or [],
                     outputs=r.outputs or [],
                 )
@@ -228,7 +193,7 @@ class SessionStore:
 
     def purge(self, idle_limit_s: float) -> int:
         """Remove sessions (and their steps and frames) idle past ``idle_limit_s``."""
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=idle_limit_s)
+        since = clock.now() - dt.timedelta(seconds=idle_limit_s)
         with self.store.session() as db, db.begin():
             result = db.execute(sa.delete(SessionRow).where(SessionRow.last_activity < since))
             return int(result.rowcount or 0)

@@ -1,7 +1,8 @@
 """Importing a notebook: its cells replayed, in order, as the steps of a new session.
 
 ``POST /sessions`` may carry a notebook (or a list of cells); ``server.notebook`` reads it
-into cells, and a ``Replay`` runs them through the session like any client's steps, so the
+into cells, and the session manager starts a ``Replay`` that runs them through the session
+like any client's steps, so the
 session's history, cache keys, checkpoints and export are as if they had been sent one by
 one. Each cell's outcome is kept: ``ok`` (with its execution count, cache key, row count),
 ``failed`` (with the error as the API would have answered it) or ``skipped``. A failure stops
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from server.errors import DataExecError
-from server.notebook.export import ImportedCell
-from server.sessions.manager import ExecutionRequest, Session, SessionManager
+from server.notebook.importer import ImportedCell
+from server.sessions.execution import ExecutionRequest
+
+Execute = Callable[[ExecutionRequest], Awaitable[dict[str, Any]]]
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +40,9 @@ class Replay:
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     task: asyncio.Future[None] | None = None
 
-    def start(self, sessions: SessionManager, session: Session) -> None:
-        self.task = asyncio.ensure_future(self._run(sessions, session))
+    def start(self, execute: Execute, live: Callable[[], bool]) -> None:
+        """Run the cells as steps with ``execute`` while ``live()`` says the session is."""
+        self.task = asyncio.ensure_future(self._run(execute, live))
 
     async def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds; whether the replay is done."""
@@ -60,10 +65,10 @@ class Replay:
             "cells": self.outcomes,
         }
 
-    async def _run(self, sessions: SessionManager, session: Session) -> None:
+    async def _run(self, execute: Execute, live: Callable[[], bool]) -> None:
         stopped = False
         for cell in self.cells:
-            if not sessions.is_live(session):  # deleted, expired, or the server is stopping
+            if not live():  # deleted, expired, or the server is stopping
                 stopped = True
             outcome: dict[str, Any] = {
                 "cell_index": cell.cell_index,
@@ -75,7 +80,7 @@ class Replay:
                 continue
             request = ExecutionRequest(cell.code, self.max_rows, cell.language, cell.result_name)
             try:
-                answer = await sessions.execute(session, request)
+                answer = await execute(request)
             except DataExecError as exc:
                 detail = exc.detail()
                 outcome.update(
@@ -87,7 +92,7 @@ class Replay:
                 )
                 stopped = self.stop_on_error and not cell.allow_error
             except Exception:
-                log.exception("replay into session %s failed", session.id)
+                log.exception("replay of an imported notebook failed")
                 outcome.update(
                     status="failed", error={"type": "INTERNAL", "message": "internal error"}
                 )

@@ -17,8 +17,8 @@ guard (``server.sql.guard``) has already checked the SQL; the role should be SEL
 
 A result may not exceed ``sql_max_result_bytes`` as Arrow: the producer counts while it
 streams and stops with ``OutputTooLarge``, so nothing holds a whole oversized result.
-Driver errors are translated here, once, into our errors; connection failures name the
-host and database, never the password.
+Driver errors are translated by ``server.sql.errors``; connection failures name the host and
+database, never the password.
 """
 
 from __future__ import annotations
@@ -35,37 +35,19 @@ from urllib.parse import quote, urlencode
 
 import pyarrow as pa
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import Engine, make_url
 
 from server.config import Settings
-from server.errors import (
-    DatabaseUnavailable,
-    DataExecError,
-    ExecutionError,
-    ExecutionTimeout,
-    OutputTooLarge,
-    SqlNotAllowed,
-)
+from server.errors import OutputTooLarge
+from server.sql.errors import DriverErrors, QueryCancelled, is_connection_failure
+from server.sql.introspect import describe_schema
+from server.sql.profile import profile_table
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 65_536
 QUEUE_BATCHES = 4  # batches buffered between the database thread and the consumer
-# SQLSTATE classes and codes we answer differently from a plain execution error.
-SQLSTATE_CANCELED = "57014"
-SQLSTATE_READ_ONLY = "25006"
-SQLSTATE_PRIVILEGE = "42501"
 _END = object()
-
-
-def describe_target(url: URL) -> str:
-    """Host and database of a URL, for messages (never the password)."""
-    where = url.host or "local"
-    return f"{where}{':' + str(url.port) if url.port else ''}/{url.database or ''}"
-
-
-class QueryCancelled(Exception):
-    """The consumer stopped the query (interrupt, timeout, client gone)."""
 
 
 class QueryStream:
@@ -93,17 +75,16 @@ class QueryStream:
 
     async def ready(self) -> pa.Schema:
         """The result's schema, once the database has started answering."""
-        head = await asyncio.get_running_loop().run_in_executor(None, self.head.get)
+        head = await asyncio.to_thread(self.head.get)
         if isinstance(head, BaseException):
             self.done = True
             raise head
         return head
 
     async def __aiter__(self) -> AsyncIterator[pa.RecordBatch]:
-        loop = asyncio.get_running_loop()
         try:
             while True:
-                item = await loop.run_in_executor(None, self.batches.get)
+                item = await asyncio.to_thread(self.batches.get)
                 if item is _END:
                     self.done = True
                     return
@@ -137,6 +118,7 @@ class QueryDatabase:
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
         self.timeout_ms = int(settings.sql_timeout_s * 1000)
+        self.errors = DriverErrors(self.url, settings.sql_timeout_s)
         self.engine = self._make_engine()
         self._adbc: queue.LifoQueue[Any] = queue.LifoQueue()
         self._adbc_uri = self._libpq_uri() if self.dialect == "postgresql" else None
@@ -249,54 +231,6 @@ class QueryDatabase:
                 with contextlib.suppress(Exception):
                     conn.close()
 
-    @contextlib.contextmanager
-    def translate_errors(self) -> Iterator[None]:
-        """Driver and SQLAlchemy errors -> our errors (the one place where they are mapped)."""
-        try:
-            yield
-        except DataExecError:
-            raise
-        except QueryCancelled:
-            raise
-        except sa.exc.OperationalError as exc:
-            raise self._from_driver(exc.orig or exc) from None
-        except sa.exc.DBAPIError as exc:
-            raise self._from_driver(exc.orig or exc) from None
-        except Exception as exc:
-            # ADBC's Arrow reader reports libpq errors met while streaming as OSError.
-            if type(exc).__module__.startswith(("adbc_driver", "psycopg2", "sqlite3")) or (
-                isinstance(exc, OSError) and "[libpq]" in str(exc)
-            ):
-                raise self._from_driver(exc) from None
-            raise
-
-    def _from_driver(self, exc: BaseException) -> DataExecError:
-        sqlstate = str(getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or "")
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "due to user request" in message:
-            return ExecutionError(
-                "the query was cancelled", ename="QueryCancelled", evalue=message, traceback=[]
-            )
-        if (
-            sqlstate == SQLSTATE_CANCELED
-            or "statement timeout" in message
-            or ("interrupted" in message)
-        ):
-            return ExecutionTimeout(f"the query exceeded the {self.timeout_ms / 1000:g} s limit")
-        if sqlstate in (SQLSTATE_READ_ONLY, SQLSTATE_PRIVILEGE) or "readonly" in message:
-            return SqlNotAllowed(f"the database refused: {message}")
-        if sqlstate.startswith(("08", "57P")) or _is_connection_failure(message):
-            return DatabaseUnavailable(
-                f"cannot reach the database at {describe_target(self.url)}: "
-                f"{_without_secrets(message, self.url)}"
-            )
-        return ExecutionError(
-            f"the database failed the query: {message}",
-            ename="DatabaseError",
-            evalue=message,
-            traceback=[],
-        )
-
     # --- queries -----------------------------------------------------------------------
 
     def start(self, query: str, params: Mapping[str, Any] | None = None) -> QueryStream:
@@ -306,7 +240,7 @@ class QueryDatabase:
         def produce() -> None:
             started = False
             try:
-                with self.translate_errors():
+                with self.errors.translated():
                     reader = self._read(query, params, stream)
                     try:
                         if stream.stop.is_set():
@@ -369,7 +303,7 @@ class QueryDatabase:
                 return _ClosingReader(cursor.fetch_record_batch(), stack)
             except BaseException as exc:
                 stack.__exit__(type(exc), exc, exc.__traceback__)
-                if not (pooled and _is_connection_failure(str(exc))):
+                if not (pooled and is_connection_failure(str(exc))):
                     raise
         raise AssertionError("unreachable")
 
@@ -403,6 +337,14 @@ class QueryDatabase:
             table = pa.table({name: pa.array([], pa.null()) for name in columns})
         return _ClosingReader(table.to_reader(max_chunksize=CHUNK_ROWS), contextlib.ExitStack())
 
+    async def schema(self) -> dict[str, Any]:
+        """The ``GET /schema`` answer (see ``introspect``)."""
+        return await asyncio.to_thread(describe_schema, self.engine)
+
+    async def profile(self, table: str) -> dict[str, Any]:
+        """The ``GET /schema/{table}/profile`` answer (see ``profile``)."""
+        return await asyncio.to_thread(profile_table, self.engine, table)
+
     def close(self) -> None:
         self.engine.dispose()
         while not self._adbc.empty():
@@ -430,30 +372,3 @@ class _ClosingReader:
             self.stack.close()
         else:
             self.stack.__exit__(type(error), error, error.__traceback__)
-
-
-def _is_connection_failure(message: str) -> bool:
-    text = message.lower()
-    return any(
-        s in text
-        for s in (
-            "could not connect",
-            "connection refused",
-            "could not translate host",
-            "server closed the connection",
-            "connection to server",
-            "timeout expired",
-            "no such host",
-            "unable to open database",
-            "terminating connection",
-            "connection reset",
-            "broken pipe",
-            "no connection to the server",
-        )
-    )
-
-
-def _without_secrets(message: str, url: URL) -> str:
-    if url.password:
-        message = message.replace(str(url.password), "***")
-    return message

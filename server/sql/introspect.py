@@ -15,8 +15,8 @@ reflection (``get_multi_columns``, ``get_multi_pk_constraint``, ``get_multi_fore
 limited to those names. Partitions are left out (their parent is listed). Other dialects
 use the Inspector for the list too, and give no row estimate.
 
-Everything here is synchronous (callers run it in an executor); SQLAlchemy and driver
-errors are translated once, by ``database_errors``.
+Everything here is synchronous (callers run it in a thread); SQLAlchemy and driver errors
+are translated by ``server.sql.errors``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.reflection import Inspector, ObjectKind
 
-from server.errors import DatabaseUnavailable, DataExecError, ExecutionTimeout
+from server.sql.errors import DriverErrors
 
 log = logging.getLogger(__name__)
 
@@ -77,62 +76,6 @@ class Relation:
     row_estimate: int | None = None
     comment: str | None = None
     samplable: bool = False  # a heap PostgreSQL can TABLESAMPLE
-
-
-@contextlib.contextmanager
-def connect(engine: sa.Engine, what: str = "the database") -> Iterator[sa.Connection]:
-    """A connection whose errors (and those of its use) are translated into ours.
-
-    Failing to connect is ``DatabaseUnavailable`` naming host and database, never the
-    password; a cancelled statement is ``ExecutionTimeout``; a lost connection is
-    ``DatabaseUnavailable``; anything else is an internal error with a generic message
-    (the driver's text goes to the log, password scrubbed).
-    """
-    with database_errors(engine, what):
-        try:
-            conn = engine.connect()
-        except sa_exc.DBAPIError as exc:
-            raise DatabaseUnavailable(_unavailable_message(engine, exc)) from exc
-        with conn:
-            yield conn
-
-
-@contextlib.contextmanager
-def database_errors(engine: sa.Engine, what: str = "the database") -> Iterator[None]:
-    """Translate SQLAlchemy/driver errors raised inside into ours (see ``connect``)."""
-    try:
-        yield
-    except DataExecError:
-        raise
-    except sa_exc.DBAPIError as exc:
-        code = getattr(exc.orig, "pgcode", None) or ""
-        if code == "57014":
-            raise ExecutionTimeout(f"{what}: the query took too long and was cancelled") from exc
-        if exc.connection_invalidated or code.startswith(("08", "57P", "53")):
-            raise DatabaseUnavailable(_unavailable_message(engine, exc)) from exc
-        log.warning("%s failed: %s", what, _scrub(engine, str(exc.orig)))
-        raise DataExecError(f"{what} failed on the database") from exc
-    except sa_exc.SQLAlchemyError as exc:
-        log.warning("%s failed: %s", what, _scrub(engine, str(exc)))
-        raise DataExecError(f"{what} failed") from exc
-
-
-def _scrub(engine: sa.Engine, text: str) -> str:
-    password = engine.url.password
-    return text.replace(str(password), "***") if password else text
-
-
-def _unavailable_message(engine: sa.Engine, exc: BaseException) -> str:
-    url = engine.url
-    if url.get_backend_name() == "sqlite":
-        where = f"SQLite database {url.database or ':memory:'}"
-    else:
-        host = url.host or "localhost"
-        where = f"database {url.database!r} on {host}" + (f":{url.port}" if url.port else "")
-    orig = getattr(exc, "orig", exc)
-    first = _scrub(engine, str(orig)).strip().splitlines()
-    reason = f": {first[0]}" if first else ""
-    return f"cannot reach the {where}{reason}"
 
 
 def qualified_name(schema: str, name: str, default_schema: str | None) -> str:
@@ -184,7 +127,7 @@ def type_string(type_: Any, dialect: sa.Dialect) -> str:
 
 def describe_schema(engine: sa.Engine) -> dict[str, Any]:
     """The ``GET /schema`` answer: ``{"dialect", "schema": {"tables": [...]}}``."""
-    with connect(engine, "reading the schema") as conn:
+    with DriverErrors(engine.url).connect(engine, "reading the schema") as conn:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
         inspector = sa.inspect(conn)

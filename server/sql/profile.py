@@ -58,7 +58,8 @@ import pyarrow.csv as pacsv
 import sqlalchemy as sa
 
 from server.errors import NotFound
-from server.sql.introspect import Relation, connect, readable_relations, type_string
+from server.sql.errors import DriverErrors
+from server.sql.introspect import Relation, readable_relations, type_string
 
 BUCKETS = 10
 TOP_VALUES = 10
@@ -94,7 +95,7 @@ def profile_table(
 ) -> dict[str, Any]:
     """The profile of one table or view named as ``/schema`` names it; NotFound if unknown."""
     sample_rows = max(1, int(sample_rows))
-    with connect(engine, f"profiling {table_name!r}") as conn:
+    with DriverErrors(engine.url).connect(engine, f"profiling {table_name!r}") as conn:
         postgres = conn.dialect.name == "postgresql"
         if postgres:
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")

@@ -1,1 +1,1 @@
-"""Alembic migrations of the store (run by ``server.store.Store.upgrade``)."""
+"""Alembic migrations of the store (run by ``server.store.database.StoreDatabase.upgrade``)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from server.store.database import Base
+from server.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

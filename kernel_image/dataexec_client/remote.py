@@ -17,14 +17,24 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from dataexec_kernel.data import (
-    HTTP_ERRORS,
-    AuthenticationFailed,
-    DataExecError,
-    ServerUnavailable,
-)
+from dataexec_kernel import errors
+from dataexec_kernel.errors import AuthenticationFailed, DataExecError, ServerUnavailable
+from dataexec_kernel.protocol import ARROW_STREAM, arrow_table
 
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
+# The server's HTTP error types: the broker's, plus what only HTTP answers.
+HTTP_ERRORS: dict[str, type[DataExecError]] = {
+    **errors.BY_TYPE,
+    **{
+        cls.type: cls
+        for cls in (
+            errors.AuthenticationFailed,
+            errors.PermissionDenied,
+            errors.InvalidRequest,
+            errors.ServerUnavailable,
+        )
+    },
+    "CAPACITY": errors.ServerUnavailable,
+}
 
 
 class RemoteClient:
@@ -48,7 +58,7 @@ class RemoteClient:
     def close(self) -> None:
         pass  # one connection per request: nothing kept open
 
-    # --- what data.py calls ----------------------------------------------------------------
+    # --- what dataexec_kernel.helpers calls -----------------------------------------------
 
     def fetch_arrow(self, query: str, params: Any = None) -> Any:
         """The whole result of ``query`` as a pyarrow Table."""
@@ -85,8 +95,6 @@ class RemoteClient:
     def save(self, frame: Any, name: str | None = None) -> str:
         """Upload ``frame`` as Arrow (``POST /cache``); its new cache key."""
         import pyarrow as pa
-
-        from dataexec_kernel.data import arrow_table
 
         table = arrow_table(frame)
         sink = pa.BufferOutputStream()

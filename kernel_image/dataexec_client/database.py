@@ -20,11 +20,13 @@ import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from dataexec_kernel.data import (
+from dataexec_kernel.errors import (
     DatabaseError,
     DatabaseUnavailable,
     DataExecError,
     Unsupported,
+    is_connection_failure,
+    scrub,
 )
 
 CACHE_UNSUPPORTED = (
@@ -33,21 +35,6 @@ CACHE_UNSUPPORTED = (
     "dataexec_kernel.connect(url, token), to {verb} through a DataExec server."
 )
 READ_ONLY_OPTION = "-c default_transaction_read_only=on"
-# As in server/sql/database.py: this package installs without the server, so it keeps a copy.
-CONNECTION_FAILURES = (
-    "could not connect",
-    "connection refused",
-    "could not translate host",
-    "server closed the connection",
-    "connection to server",
-    "timeout expired",
-    "no such host",
-    "unable to open database",
-    "terminating connection",
-    "connection reset",
-    "broken pipe",
-    "no connection to the server",
-)
 
 
 class DatabaseClient:
@@ -90,7 +77,7 @@ class DatabaseClient:
             with contextlib.suppress(Exception):
                 adbc.close()
 
-    # --- what data.py calls ----------------------------------------------------------------
+    # --- what dataexec_kernel.helpers calls -----------------------------------------------
 
     def fetch_arrow(self, query: str, params: Any = None) -> Any:
         """The whole result of ``query`` as a pyarrow Table; ``:name`` takes ``params``."""
@@ -197,11 +184,8 @@ class DatabaseClient:
             original = getattr(exc, "orig", None) or exc
             message = str(original).strip() or type(original).__name__
             password = urllib.parse.urlsplit(self.url).password
-            if password:
-                message = message.replace(password, "***")
-                message = message.replace(urllib.parse.unquote(password), "***")
-            lowered = message.lower()
-            if any(failure in lowered for failure in CONNECTION_FAILURES):
+            message = scrub(message, password and urllib.parse.unquote(password))
+            if is_connection_failure(message):
                 raise DatabaseUnavailable(f"cannot query {self.describe()}: {message}") from exc
             raise DatabaseError(message) from exc
 

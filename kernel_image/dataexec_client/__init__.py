@@ -1,6 +1,12 @@
-"""Where ``sql()``, ``load()`` and ``save()`` go: the broker, a DataExec server or a database.
+"""The analysts' client: ``sql()``, ``load()`` and ``save()`` outside DataExec kernels.
 
-Decided at every call, first match wins:
+A package of its own, installed into an analyst's Jupyter (``GET /client`` of a DataExec
+server hands out the wheel, with ``dataexec_kernel`` beside it) and never into kernels: it
+holds the HTTP client (``remote``) and the database client (``database``, which brings a
+database driver). Importing it plugs it into ``dataexec_kernel.helpers``, which the
+notebook's ``%load_ext dataexec_kernel`` and ``from dataexec_kernel import sql`` use.
+
+Where a call goes is decided at every call, first match wins:
 
 1. ``connect(url, token)`` or ``connect(database_url=...)`` in this process;
 2. ``$DATAEXEC_BROKER``: a DataExec kernel, the broker answers (``current()`` is None);
@@ -17,10 +23,10 @@ import os
 import threading
 from typing import Any
 
-from dataexec_kernel.data import NotConfigured
+from dataexec_kernel import broker, helpers
+from dataexec_kernel.errors import NotConfigured
 
 DEFAULT_TIMEOUT_S = 300.0
-BROKER = "the DataExec broker"
 SETUP_HELP = (
     "sql(), load() and save() have nothing to talk to: this is not a DataExec kernel and no "
     "connection is configured. Set DATAEXEC_URL and DATAEXEC_TOKEN (a DataExec server, e.g. "
@@ -52,13 +58,13 @@ def connect(
     if (url is None) == (database_url is None):
         raise TypeError("connect() takes a DataExec url (and token), or a database_url: one")
     if url is not None:
-        from dataexec_kernel.remote import RemoteClient
+        from dataexec_client.remote import RemoteClient
 
         client: Any = RemoteClient(url, token or os.environ.get("DATAEXEC_TOKEN"), timeout)
     else:
         if token is not None:
             raise TypeError("connect(): a token goes with a DataExec url, not a database_url")
-        from dataexec_kernel.database import DatabaseClient
+        from dataexec_client.database import DatabaseClient
 
         client = DatabaseClient(str(database_url))
     with _lock:
@@ -84,7 +90,7 @@ def current() -> Any:
     global _from_env
     if _explicit is not None:
         return _explicit
-    if os.environ.get("DATAEXEC_BROKER"):
+    if broker.available():
         return None
     url = os.environ.get("DATAEXEC_URL", "").strip()
     database_url = os.environ.get("DATAEXEC_DATABASE_URL", "").strip()
@@ -99,11 +105,11 @@ def current() -> Any:
             return _from_env[1]
         stale = _from_env[1] if _from_env is not None else None
         if source[0] == "url":
-            from dataexec_kernel.remote import RemoteClient
+            from dataexec_client.remote import RemoteClient
 
             client: Any = RemoteClient(url, source[2] or None, DEFAULT_TIMEOUT_S)
         else:
-            from dataexec_kernel.database import DatabaseClient
+            from dataexec_client.database import DatabaseClient
 
             client = DatabaseClient(database_url)
         _from_env = (source, client)
@@ -112,10 +118,4 @@ def current() -> Any:
     return client
 
 
-def describe() -> str:
-    """What ``sql()`` talks to now, in words (no password, no token)."""
-    try:
-        client = current()
-    except NotConfigured:
-        return "nothing yet (no DataExec URL or database URL configured)"
-    return BROKER if client is None else str(client.describe())
+helpers.use_client(current)

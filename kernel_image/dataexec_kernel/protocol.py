@@ -1,0 +1,339 @@
+"""The one protocol between the DataExec server and its kernels.
+
+Owned by the in-kernel package and imported by the server (the allowed direction: the
+server depends on what runs in kernels, never the other way round). Everything both sides
+must agree on is here, once:
+
+- **Broker frames.** A kernel talks to the broker over its unix socket in frames: a
+  4-byte big-endian length and a JSON document. Requests are ``SqlRequest``, ``PutRequest``
+  (followed by the bytes of an Arrow IPC stream) and ``LoadRequest``; the broker answers
+  ``{"ok": true, ...}`` or ``{"ok": false, "error": {"type", "message"}}``, and for ``sql``
+  and ``load`` an Arrow IPC stream between a head and a tail frame::
+
+      kernel -> broker   {"op": "put", "bytes": n, "kind": k, "name": s | null} + n bytes
+      broker -> kernel   {"ok": true, "cache_key": "..."}
+      kernel -> broker   {"op": "sql", "query": "...", "params": {...} | null}
+                         or {"op": "load", "key": "..."}
+      broker -> kernel   head frame, then (when ok) an Arrow IPC stream, then a tail frame
+                         {"ok": true, "rows": n} | {"ok": false, "error": ...}
+
+- **User expressions.** After a cell the server evaluates ``result_expression`` (and, off
+  the answer's path, ``checkpoint_expression`` or ``restore_expression``); each answers one
+  JSON document under ``RESULT_MIMETYPE``, typed here as ``ResultPayload``,
+  ``CheckpointPayload`` and ``RestorePayload``.
+- **Error types.** The type string of each kernel exception (``SQL_NOT_ALLOWED``,
+  ``TIMEOUT``, ...) as the server's error tree names it, found by the exception's name in
+  an execute reply (``error_type``).
+- **Result statistics and preview**, computed from Arrow by one implementation
+  (``table_payload``), whether the table came from the database in the server or from a
+  DataFrame in a kernel.
+
+Importing this module costs nothing: pyarrow is imported inside the functions that use it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any, Literal, TypedDict
+
+from dataexec_kernel import errors
+
+# --- broker frames -----------------------------------------------------------------------
+
+FRAME = struct.Struct(">I")
+MAX_REQUEST_BYTES = 1024 * 1024
+BROKER_SOCKET = "broker.sock"
+BROKER_ENV = "DATAEXEC_BROKER"  # where a kernel finds its broker socket
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+PutKind = Literal["result", "save", "checkpoint"]
+PUT_KINDS: tuple[str, ...] = ("result", "save", "checkpoint")
+
+
+class SqlRequest(TypedDict):
+    op: Literal["sql"]
+    query: str
+    params: dict[str, Any] | None
+
+
+class PutRequest(TypedDict):
+    op: Literal["put"]
+    bytes: int
+    kind: PutKind
+    name: str | None
+
+
+class LoadRequest(TypedDict):
+    op: Literal["load"]
+    key: str
+
+
+def encode_frame(document: Any) -> bytes:
+    """A frame: the length, then the JSON document."""
+    body = json.dumps(document, default=str).encode()
+    return FRAME.pack(len(body)) + body
+
+
+def frame_length(prefix: bytes, limit: int = MAX_REQUEST_BYTES) -> int:
+    """The length a frame's 4-byte prefix announces; ``errors.InvalidRequest`` past ``limit``."""
+    (size,) = FRAME.unpack(prefix)
+    if size > limit:
+        raise errors.InvalidRequest(f"broker frame over {limit} bytes")
+    return int(size)
+
+
+def decode_frame(body: bytes) -> Any:
+    """The JSON document of a frame; ``errors.InvalidRequest`` when it is none."""
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise errors.InvalidRequest(f"broker frame is not JSON: {exc}") from None
+
+
+def error_frame(error_type: str, message: str) -> bytes:
+    return encode_frame({"ok": False, "error": {"type": error_type, "message": message}})
+
+
+def raise_error(error: dict[str, Any]) -> None:
+    """Raise the kernel exception of a broker error answer (by its type)."""
+    cls = errors.BY_TYPE.get(error.get("type", ""), errors.DataExecError)
+    raise cls(error.get("message", "the broker refused")).with_traceback(None) from None
+
+
+# --- user expressions ----------------------------------------------------------------------
+
+RESULT_MIMETYPE = "application/vnd.dataexec.result+json"
+CAPTURE = "__dataexec__"  # the name of the kernel's ResultCapture in the user namespace
+EXPRESSION = "dataexec"  # the key of our user expression in an execute request
+
+
+def result_expression(max_rows: int) -> str:
+    return f"{CAPTURE}.result({int(max_rows)})"
+
+
+def checkpoint_expression(budget_bytes: int) -> str:
+    return f"{CAPTURE}.checkpoint({int(budget_bytes)})"
+
+
+def restore_expression(keys: dict[str, str]) -> str:
+    return f"{CAPTURE}.restore({keys!r})"
+
+
+class ColumnSchema(TypedDict):
+    name: str
+    type: str  # the pandas dtype the column has in a kernel (int64, float64, str, ...)
+    stats: dict[str, Any]
+
+
+class TablePayload(TypedDict):
+    columns: list[str]
+    rows: list[list[Any]]
+    row_count: int
+    truncated: bool
+    result_schema: list[ColumnSchema]
+
+
+class ResultPayload(TypedDict, total=False):
+    """What a cell produced: ``kind`` is ``dataframe``, ``scalar`` or ``none``."""
+
+    kind: Literal["dataframe", "scalar", "none"]
+    columns: list[str]
+    rows: list[list[Any]]
+    row_count: int
+    truncated: bool
+    result_schema: list[ColumnSchema]
+    cache_key: str | None
+    cache_error: dict[str, str] | None  # {"type", "message"}: why there is no key
+    frames_changed: bool
+
+
+class FrameInfo(TypedDict):
+    """A named DataFrame as a checkpoint pass saw it."""
+
+    name: str
+    rows: int
+    columns: list[str]
+    dtypes: dict[str, str]
+    bytes: int
+    cache_key: str | None
+    changed: bool
+    note: str | None
+
+
+class CheckpointPayload(TypedDict):
+    frames: list[FrameInfo]
+
+
+class RestorePayload(TypedDict):
+    restored: list[str]
+    failed: dict[str, str]
+
+
+def encode_payload(payload: Any) -> str:
+    """A payload as the JSON text the kernel displays under ``RESULT_MIMETYPE``."""
+    return json.dumps(payload, allow_nan=False, default=str)
+
+
+# --- error types ---------------------------------------------------------------------------
+
+
+def error_type(ename: str) -> str | None:
+    """The error type of a kernel exception named ``ename`` in an execute reply, if ours."""
+    return errors.TYPE_OF_NAME.get(ename)
+
+
+# --- frames as Arrow ----------------------------------------------------------------------
+
+
+def arrow_table(frame: Any) -> Any:
+    """A DataFrame as a pyarrow Table (mixed-type object columns kept, as text)."""
+    import pyarrow as pa
+
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        loose = [c for c in frame.columns if frame[c].dtype == object]
+        return pa.Table.from_pandas(frame.astype({c: str for c in loose}), preserve_index=False)
+
+
+# --- result statistics and preview ---------------------------------------------------------
+
+TOP_VALUES = 5
+
+
+def json_value(value: Any) -> Any:
+    """A JSON-safe Python value for one cell or statistic."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return None if _is_nat(value) else value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return None if _is_nat(value) else str(value)
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else None
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list):  # not tuples: Arrow's intervals are named tuples
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        return json_value(item())
+    return str(value)
+
+
+def _is_nat(value: Any) -> bool:
+    return value != value  # pandas' NaT is the only date or time unequal to itself
+
+
+def pandas_dtype(field: Any, null_count: int) -> str:
+    """The dtype pandas gives an Arrow column (integers and booleans with nulls change)."""
+    import pyarrow as pa
+
+    kind = field.type
+    if pa.types.is_integer(kind) and null_count:
+        return "float64"
+    if pa.types.is_boolean(kind) and null_count:
+        return "object"
+    empty = pa.table({"c": pa.array([], kind)}).to_pandas()
+    return str(empty["c"].dtype)
+
+
+def column_stats(column: Any) -> dict[str, Any]:
+    """Statistics of one Arrow column, keyed by its type (only null_count where none apply).
+
+    Numbers: min, max, mean, std, null_count, distinct_count; strings and categories:
+    null_count, distinct_count, top_values; dates and times: min, max, null_count;
+    booleans: true_count, false_count, null_count.
+    """
+    import pyarrow as pa
+
+    try:
+        return _typed_stats(column)
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError, pa.ArrowInvalid):
+        return {"null_count": column.null_count}
+
+
+def _typed_stats(column: Any) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    nulls = column.null_count
+    if pa.types.is_boolean(kind):
+        trues = pc.sum(column).as_py() or 0
+        return {
+            "true_count": trues,
+            "false_count": len(column) - nulls - trues,
+            "null_count": nulls,
+        }
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        numbers = column if not pa.types.is_decimal(kind) else pc.cast(column, pa.float64())
+        if pa.types.is_floating(kind):
+            numbers = pc.if_else(pc.is_nan(numbers), None, numbers)
+        minmax = pc.min_max(numbers).as_py()
+        return {
+            "min": json_value(minmax["min"]),
+            "max": json_value(minmax["max"]),
+            "mean": json_value(pc.mean(numbers).as_py()),
+            "std": json_value(pc.stddev(numbers, ddof=1).as_py()),
+            "null_count": numbers.null_count,
+            "distinct_count": pc.count_distinct(numbers, mode="only_valid").as_py(),
+        }
+    if pa.types.is_temporal(kind):
+        minmax = pc.min_max(column).as_py()
+        return {
+            "min": json_value(minmax["min"]),
+            "max": json_value(minmax["max"]),
+            "null_count": nulls,
+        }
+    if (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_string_view(kind)
+        or pa.types.is_dictionary(kind)
+    ):
+        counts = pc.value_counts(column.drop_null())
+        values, freqs = counts.field("values"), counts.field("counts")
+        top = []
+        if len(counts):
+            order = pc.sort_indices(freqs, sort_keys=[("", "descending")])[:TOP_VALUES]
+            top = [
+                {"value": json_value(values[i].as_py()), "count": freqs[i].as_py()}
+                for i in order.to_pylist()
+            ]
+        return {"null_count": nulls, "distinct_count": len(counts), "top_values": top}
+    return {"null_count": nulls}
+
+
+def table_payload(table: Any, max_rows: int, dtypes: Sequence[str] | None = None) -> TablePayload:
+    """Preview rows (``max_rows``, JSON-safe), row count, and per column its type and stats.
+
+    ``dtypes`` are the pandas dtypes of the columns when the table came from a DataFrame;
+    without them the dtype pandas would give each Arrow column is used.
+    """
+    preview = table.slice(0, max_rows)
+    columns = [preview.column(i).to_pylist() for i in range(table.num_columns)]
+    rows = [[json_value(v) for v in row] for row in zip(*columns, strict=True)]
+    schema: list[ColumnSchema] = []
+    for i, field in enumerate(table.schema):
+        column = table.column(i)
+        kind = dtypes[i] if dtypes is not None else pandas_dtype(field, column.null_count)
+        schema.append({"name": str(field.name), "type": kind, "stats": column_stats(column)})
+    return {
+        "columns": [str(name) for name in table.column_names],
+        "rows": rows,
+        "row_count": table.num_rows,
+        "truncated": table.num_rows > max_rows,
+        "result_schema": schema,
+    }

@@ -1,0 +1,314 @@
+"""Request and answer bodies of the API, declared once.
+
+Each body is a msgspec ``Struct``: handlers decode requests with ``decode`` (a wrong type or
+a missing field is a ``ValidationError`` naming the field, e.g. ``Expected `int`, got `str`
+- at `$.max_rows```), and ``/openapi.json`` takes its schemas from the same declarations.
+Answers are declared here too; a test holds real answers against them, so the document
+stays true.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
+
+from server.errors import ValidationError
+
+T = TypeVar("T")
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+SessionId = Annotated[
+    str, Meta(pattern=SESSION_ID_PATTERN, description="1-128 of A-Z a-z 0-9 . _ -")
+]
+MaxRows = Annotated[
+    int,
+    Meta(ge=0, description="preview rows to answer (default and cap from the configuration)"),
+]
+ParamValue = str | int | float | bool | None
+
+
+def decode(body: bytes, kind: type[T]) -> T:
+    """The request body as ``kind``; an empty body is an empty object."""
+    try:
+        return msgspec.json.decode(body or b"{}", type=kind)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"request body is not valid JSON: {exc}") from None
+
+
+# --- requests ----------------------------------------------------------------------------
+
+
+class ExecuteBody(Struct, kw_only=True):
+    """``POST /execute`` and ``POST /sessions/{id}/execute``."""
+
+    code: Annotated[str, Meta(description="Python, or one SQL query")]
+    language: Literal["python", "sql"] = "python"
+    max_rows: MaxRows | None = None
+    session_id: SessionId | None = None
+    result_name: (
+        Annotated[
+            str,
+            Meta(
+                description="SQL in a session: the kernel variable the frame lands in "
+                "(default df_<execution_count>)"
+            ),
+        ]
+        | None
+    ) = None
+    params: (
+        Annotated[
+            dict[str, ParamValue], Meta(description="SQL only: values of its :name parameters")
+        ]
+        | None
+    ) = None
+
+
+class OnDataBody(Struct, kw_only=True):
+    """``POST /execute-on-data``: the code reads ``input_data[name]`` and sets ``result_df``."""
+
+    code: str
+    input_data: (
+        Annotated[
+            dict[str, Any],
+            Meta(description="name -> rows, as a list of records or a dict of columns"),
+        ]
+        | None
+    ) = None
+    cache_keys: (
+        Annotated[dict[str, str], Meta(description="name -> cache key of an earlier result")] | None
+    ) = None
+    session_id: SessionId | None = None
+    max_rows: MaxRows | None = None
+
+
+class SessionBody(Struct, kw_only=True):
+    """``POST /sessions``: a new session, optionally replaying a notebook or cells."""
+
+    session_id: SessionId | None = None
+    pool: str | None = None
+    notebook: Annotated[dict[str, Any], Meta(description="an nbformat v4 notebook")] | None = None
+    cells: (
+        Annotated[
+            list[Any],
+            Meta(description="code strings, or {code, language?, result_name?} objects"),
+        ]
+        | None
+    ) = None
+    stop_on_error: bool = True
+    max_rows: MaxRows | None = None
+
+
+# --- answers -----------------------------------------------------------------------------
+
+
+class ErrorDetail(Struct, kw_only=True):
+    type: str
+    message: str
+    request_id: str | None = None
+    ename: str | None = None
+    evalue: str | None = None
+    traceback: list[str] | None = None
+    outputs: list[dict[str, Any]] | None = None
+    session_id: str | None = None
+    execution_count: int | None = None
+    kernel_replaced: bool | None = None
+    replaced_reason: str | None = None
+    restored_frames: list[str] | None = None
+    unrestored_frames: dict[str, str] | None = None
+
+
+class ErrorAnswer(Struct):
+    """Every error: an HTTP status and ``{"detail": {"type", "message", ...}}``."""
+
+    detail: ErrorDetail
+
+
+class ColumnSchema(Struct):
+    name: str
+    type: Annotated[str, Meta(description="the pandas dtype (int64, float64, str, ...)")]
+    stats: dict[str, Any]
+
+
+class ResultMetadata(Struct, kw_only=True):
+    row_count: int
+    truncated: bool
+    result_schema: list[ColumnSchema]
+    execution_time_ms: float | None = None
+    cache_error: str | None = None
+
+
+class ResultData(Struct):
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+class ExecutionResult(Struct, kw_only=True, forbid_unknown_fields=True):
+    """``EnrichedExecutionResult``, the replaced system's answer, plus our additions."""
+
+    status: Literal["success"]
+    metadata: ResultMetadata
+    data: ResultData | None
+    cache_key: str | None
+    session_id: str | None
+    execution_count: int | None
+    kernel_replaced: bool
+    outputs: Annotated[list[dict[str, Any]], Meta(description="nbformat v4 outputs")]
+    replaced_reason: str | None = None
+    restored_frames: list[str] | None = None
+    unrestored_frames: dict[str, str] | None = None
+    result_name: str | None = None
+
+
+class KernelState(Struct):
+    status: Literal["ready", "none"]
+    lost_reason: str | None
+
+
+class ImportedCellOutcome(Struct, kw_only=True):
+    cell_index: int
+    language: Literal["python", "sql"]
+    allowed: bool
+    status: Literal["ok", "failed", "skipped"]
+    execution_count: int | None = None
+    cache_key: str | None = None
+    row_count: int | None = None
+    result_name: str | None = None
+    error: dict[str, Any] | None = None
+
+
+class ImportProgress(Struct, kw_only=True, forbid_unknown_fields=True):
+    state: Literal["running", "done", "failed"]
+    total: int
+    finished: int
+    cells: list[ImportedCellOutcome]
+    session_id: str | None = None
+
+
+class SessionState(Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: str
+    state: Literal["idle", "busy", "no_kernel"]
+    pool: str
+    kernel: KernelState
+    created: str
+    last_activity: str
+    execution_count: int
+    queued: int
+    frames: list[str]
+    import_: ImportProgress | None = msgspec.field(default=None, name="import")
+
+
+class SessionList(Struct):
+    sessions: list[SessionState]
+
+
+class FrameVariable(Struct):
+    name: str
+    shape: list[int]
+    dtypes: dict[str, str]
+    bytes: int
+    cache_key: str | None
+    restorable: bool
+    note: str | None
+
+
+class Variables(Struct, forbid_unknown_fields=True):
+    session_id: str
+    in_kernel: bool
+    as_of_execution_count: int
+    checkpoint_budget_bytes: int
+    frames: list[FrameVariable]
+
+
+class Interrupted(Struct, forbid_unknown_fields=True):
+    session_id: str
+    interrupted: bool
+
+
+class Restarted(Struct, forbid_unknown_fields=True):
+    session_id: str
+    kernel_replaced: bool
+    replaced_reason: str
+    restored_frames: list[str]
+    unrestored_frames: dict[str, str]
+
+
+class CacheMeta(Struct, forbid_unknown_fields=True):
+    cache_key: str
+    status: Literal["pending", "ready", "failed"]
+    session_id: str | None
+    row_count: int | None
+    columns: list[str] | None
+    schema: list[dict[str, str]] | None
+    bytes: int | None
+    created: str
+    last_used: str
+    expires: str
+    lineage: dict[str, Any]
+
+
+class Health(Struct, kw_only=True):
+    status: Literal["ok", "starting", "stopping"]
+    db_dialect: str
+    version: str
+    sandbox: str | None = None
+    pools: dict[str, dict[str, Any]] | None = None
+    sessions: int | None = None
+
+
+class Pools(Struct):
+    sandbox: str | None
+    pools: dict[str, dict[str, Any]]
+
+
+class ClientInfo(Struct, forbid_unknown_fields=True):
+    package: str
+    version: str
+    wheel: str
+    install: str
+    configure: str
+
+
+class SchemaColumn(Struct, kw_only=True):
+    name: str
+    type: Annotated[str, Meta(description="as the dialect spells it: INTEGER, VARCHAR(50)")]
+    is_primary_key: bool
+    nullable: bool | None = None
+    default: str | None = None
+    comment: str | None = None
+
+
+class SchemaTable(Struct, kw_only=True):
+    name: Annotated[str, Meta(description="schema-qualified outside the default schema")]
+    columns: list[SchemaColumn]
+    schema: str | None = None
+    kind: Literal["table", "view"] | None = None
+    primary_key: list[str] | None = None
+    foreign_keys: list[dict[str, Any]] | None = None
+    comment: str | None = None
+    row_estimate: int | None = None
+
+
+class SchemaTables(Struct):
+    tables: list[SchemaTable]
+
+
+class SchemaAnswer(Struct):
+    dialect: str
+    schema: SchemaTables
+
+
+class ColumnProfile(Struct, kw_only=True):
+    name: str
+    null_count: int | None = None
+    top_values: list[dict[str, Any]] | None = None
+    distinct_examples: list[Any] | None = None
+    histogram: list[dict[str, Any]] | None = None
+
+
+class Profile(Struct, kw_only=True):
+    table_name: str
+    columns: list[ColumnProfile]

@@ -1,0 +1,129 @@
+"""Checkpoints: what lets a session outlive its kernel.
+
+After each step, once the client has its answer, a checkpoint pass (when the step's answer
+says a named frame changed) sends the session's changed DataFrames to the cache within
+``checkpoint_budget_bytes``, and the step is written to the store: writes keep their order,
+chained per session. The next step waits for the pass only (it needs the kernel, not the
+store); the notebook export waits for the writes too.
+
+When a session gets a fresh kernel, ``restore`` loads the checkpointed frames back into it
+before anything runs there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from dataexec_kernel import protocol
+
+from server import clock
+from server.kernels.kernel import Kernel
+from server.sessions import execution
+from server.sessions.history import ExecutionRecord, FrameRecord
+from server.sessions.records import SessionRecords
+from server.sessions.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class Checkpoints:
+    """The checkpoint passes, restores and store writes of every session."""
+
+    def __init__(self, records: SessionRecords, budget_bytes: int, output_limit: int) -> None:
+        self.records = records
+        self.budget_bytes = budget_bytes
+        self.output_limit = output_limit
+
+    async def settled(self, session: Session, written: bool = False) -> None:
+        """Wait for the previous step's checkpoint pass (and, if ``written``, its store write)."""
+        if session.after_step is not None:
+            await asyncio.shield(session.after_step)
+        if written and session.store_write is not None:
+            await asyncio.shield(session.store_write)
+
+    def after(self, session: Session, record: ExecutionRecord) -> None:
+        """Start the pass and the store write of a step whose answer is on its way."""
+        session.after_step = asyncio.ensure_future(
+            self._after_step(session, record, session.frames_changed)
+        )
+
+    async def _after_step(
+        self, session: Session, record: ExecutionRecord, checkpoint: bool
+    ) -> None:
+        frames = None
+        kernel = session.kernel
+        try:
+            if checkpoint and kernel is not None and await kernel.usable():
+                frames = await self._checkpoint(session, kernel)
+            else:
+                session.frames_as_of = session.execution_count
+        except Exception as exc:  # the step's answer is out; keep the session going
+            if session.kernel is kernel:  # not merely dropped meanwhile (delete, shutdown)
+                log.warning("session %s: checkpoint failed: %s", session.id, exc)
+        session.store_write = asyncio.ensure_future(
+            self._write_step(session, record, frames, session.lost_reason, session.store_write)
+        )
+
+    async def _write_step(
+        self,
+        session: Session,
+        record: ExecutionRecord,
+        frames: list[FrameRecord] | None,
+        lost_reason: str | None,
+        previous: asyncio.Future[None] | None,
+    ) -> None:
+        """Write a step to the store, after the step before it (writes keep their order)."""
+        if previous is not None:
+            await asyncio.shield(previous)
+        try:
+            await asyncio.to_thread(
+                self.records.record_step, session.id, record, frames, lost_reason
+            )
+        except Exception:
+            log.exception(
+                "session %s: recording step %d failed", session.id, record.execution_count
+            )
+
+    async def _checkpoint(self, session: Session, kernel: Kernel) -> list[FrameRecord]:
+        answer: protocol.CheckpointPayload = await execution.ask(
+            kernel, protocol.checkpoint_expression(self.budget_bytes), self.output_limit
+        )
+        now = clock.now()
+        previous = session.frames
+        frames = [
+            FrameRecord(
+                name=f["name"],
+                rows=f["rows"],
+                columns=f["columns"],
+                dtypes=f["dtypes"],
+                bytes=f["bytes"],
+                cache_key=f["cache_key"],
+                updated=now
+                if f["changed"] or f["name"] not in previous
+                else previous[f["name"]].updated,
+                note=f["note"],
+            )
+            for f in answer["frames"]
+        ]
+        session.frames = {f.name: f for f in frames}
+        session.frames_as_of = session.execution_count
+        return frames
+
+    async def restore(self, session: Session, kernel: Kernel) -> tuple[list[str], dict[str, str]]:
+        """Load the session's checkpoints into ``kernel``; which came back, which did not."""
+        keys = {f.name: f.cache_key for f in session.frames.values() if f.cache_key}
+        failed = {
+            f.name: f.note or "never checkpointed"
+            for f in session.frames.values()
+            if not f.cache_key
+        }
+        if not keys:
+            return [], failed
+        answer: protocol.RestorePayload = await execution.ask(
+            kernel, protocol.restore_expression(keys), self.output_limit
+        )
+        failed.update(answer["failed"])
+        for name in failed:
+            session.frames.pop(name, None)
+        return answer["restored"], failed
