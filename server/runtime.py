@@ -58,14 +58,15 @@ class Runtime:
     def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.env = dict(os.environ if env is None else env)
-        self.sandbox: Sandbox | None = None
-        self.launcher: KernelLauncher | None = None
         self.pools: dict[str, KernelPool] = {}
-        self.database: QueryDatabase | None = None
         self.embedded: EmbeddedPostgres | None = None
-        self.store: StoreDatabase | None = None
+        # Made by start(), in this order; close() releases those that were made.
+        self.sandbox: Sandbox
+        self.database: QueryDatabase
+        self.store: StoreDatabase
         self.cache: Cache
         self.sessions: SessionManager
+        self.launcher: KernelLauncher
         self.started = False
         self.closing = False
         self._culler: asyncio.Task[Any] | None = None
@@ -168,7 +169,7 @@ class Runtime:
 
     def health(self) -> dict[str, Any]:
         return {
-            "sandbox": self.sandbox.name if self.sandbox else None,
+            "sandbox": self.sandbox.name if hasattr(self, "sandbox") else None,
             "pools": {name: pool.stats() for name, pool in self.pools.items()},
             "sessions": len(self.sessions.sessions) if self.started else 0,
         }
@@ -182,16 +183,16 @@ class Runtime:
             await self.sessions.close(self.settings.shutdown_grace_s)
         for pool in self.pools.values():
             await pool.close()
-        if self.sandbox is not None:
+        if hasattr(self, "sandbox"):
             await self.sandbox.reap_orphans()
             await self.sandbox.close()
-        if self.launcher is not None:
+        if hasattr(self, "launcher"):
             self.launcher.close()
-        if self.database is not None:
+        if hasattr(self, "database"):
             self.database.close()
-        if self.started:
+        if hasattr(self, "cache"):
             await self.cache.close()
-        if self.store is not None:
+        if hasattr(self, "store"):
             self.store.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)

@@ -17,7 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from server.embedded import demo
-from server.embedded.postgres import PG_OS_USER, EmbeddedPostgres
+from server.embedded.os_access import PG_OS_USER
+from server.embedded.postgres import EmbeddedPostgres
 from server.sql.introspect import describe_schema
 
 REPO = Path(__file__).resolve().parent.parent
@@ -315,7 +316,7 @@ def test_stop_of_an_object_that_never_started_does_nothing(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="ACLs are only added when root runs the server")
 def test_search_only_acl_reaches_private_dirs_and_survives_chmod(tmp_path: Path) -> None:
-    from server.embedded.postgres import _grant_search
+    from server.embedded.os_access import grant_search
 
     account = pwd.getpwnam(PG_OS_USER)
     outer = tmp_path / "home"
@@ -335,12 +336,12 @@ def test_search_only_acl_reaches_private_dirs_and_survives_chmod(tmp_path: Path)
         ).returncode
 
     assert as_postgres(f"cd {target}") != 0
-    _grant_search(target, account.pw_uid, account.pw_gid)
+    grant_search(target, account.pw_uid, account.pw_gid)
     assert as_postgres(f"cd {target}") == 0
     assert as_postgres(f"ls {outer}") != 0, "search only: no listing"
     outer.chmod(0o700)  # what pytest does to its base temp dir, or an admin to /root
     assert as_postgres(f"cd {target}") != 0
-    _grant_search(target, account.pw_uid, account.pw_gid)
+    grant_search(target, account.pw_uid, account.pw_gid)
     assert as_postgres(f"cd {target}") == 0
     assert stat.S_IMODE(outer.stat().st_mode) == 0o710  # the ACL mask shows as group x
 

@@ -142,7 +142,7 @@ class Cache:
                     CacheEntry.tenant == tenant, CacheEntry.status == "ready"
                 )
             )
-            over = int(used) + pending + need - quota
+            over = int(used or 0) + pending + need - quota
             if over <= 0:
                 return True
             oldest_first = db.scalars(

@@ -50,18 +50,14 @@ the owner of an ``EmbeddedPostgres`` calls ``stop()``.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import importlib.util
 import json
 import logging
 import os
-import pwd
 import secrets
 import shutil
 import socket
-import stat
-import struct
 import subprocess
 import tempfile
 import time
@@ -75,11 +71,11 @@ from psycopg2 import sql as pgsql
 from sqlalchemy import URL
 
 from server.embedded import demo
+from server.embedded.os_access import alive, give, grant_search, os_user, process_start
 from server.errors import DatabaseUnavailable, DataExecError
 
 log = logging.getLogger(__name__)
 
-PG_OS_USER = "dataexec-postgres"
 SUPERUSER = "postgres"
 OWNER_ROLE = "dataexec_owner"
 QUERY_ROLE = "dataexec_query"
@@ -94,17 +90,6 @@ _HBA = """\
 local   all   all                  scram-sha-256
 host    all   all   127.0.0.1/32   scram-sha-256
 """
-
-_ACL_XATTR = "system.posix_acl_access"
-_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = (
-    0x01,
-    0x02,
-    0x04,
-    0x08,
-    0x10,
-    0x20,
-)
-_ACL_UNDEFINED_ID = 0xFFFFFFFF
 
 
 def postgres_bin_dir() -> Path:
@@ -149,7 +134,7 @@ class EmbeddedPostgres:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self._locked() as users:
             t0 = time.perf_counter()
-            uid, gid = self._os_user()
+            uid, gid = os_user()
             self._prepare_dirs(uid, gid)
             config = self._load_config()
             if not (self.data_dir / "PG_VERSION").exists():
@@ -198,7 +183,7 @@ class EmbeddedPostgres:
                 return
             if self._running_pid() is None:
                 return
-            uid, gid = self._os_user()
+            uid, gid = os_user()
             self._pg_ctl(uid, gid, ["stop", "-m", "fast", "-w", "-t", "60"])
             log.info("embedded PostgreSQL stopped")
 
@@ -257,7 +242,7 @@ class EmbeddedPostgres:
                     listed = json.loads(fh.read() or "[]")
                 except ValueError:
                     listed = []
-                users = [u for u in listed if isinstance(u, dict) and _alive(u)]
+                users = [u for u in listed if isinstance(u, dict) and alive(u)]
                 try:
                     yield users
                 finally:
@@ -269,52 +254,16 @@ class EmbeddedPostgres:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _user_entry(self) -> dict[str, Any]:
-        return {"id": self._id, "pid": os.getpid(), "started": _process_start(os.getpid())}
-
-    def _os_user(self) -> tuple[int | None, int | None]:
-        """The uid/gid PostgreSQL runs as when we are root (None, None: as ourselves)."""
-        if os.geteuid() != 0:
-            return None, None
-        try:
-            entry = pwd.getpwnam(PG_OS_USER)
-        except KeyError:
-            useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-            result = subprocess.run(
-                [
-                    useradd,
-                    "--system",
-                    "--user-group",
-                    "--no-create-home",
-                    "--home-dir",
-                    "/nonexistent",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    "--comment",
-                    "DataExec embedded PostgreSQL",
-                    PG_OS_USER,
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            try:
-                entry = pwd.getpwnam(PG_OS_USER)
-            except KeyError:
-                raise DataExecError(
-                    f"cannot create the system user {PG_OS_USER!r} that runs the embedded "
-                    f"PostgreSQL: {result.stderr.strip() or 'useradd failed'}"
-                ) from None
-            log.info("created system user %s (uid %d)", PG_OS_USER, entry.pw_uid)
-        return entry.pw_uid, entry.pw_gid
+        return {"id": self._id, "pid": os.getpid(), "started": process_start(os.getpid())}
 
     def _prepare_dirs(self, uid: int | None, gid: int | None) -> None:
         for path in (self.cluster_dir, self.socket_dir):
             path.mkdir(mode=0o700, exist_ok=True)
-            _give(path, uid, gid)
+            give(path, uid, gid)
             path.chmod(0o700)
         if uid is not None:
             for target in (self.cluster_dir, self.bin_dir):
-                _grant_search(target, uid, gid)
+                grant_search(target, uid, gid)
 
     def _load_config(self) -> dict[str, Any]:
         """Port and passwords, generated on first use and kept 0600 in the state dir."""
@@ -380,7 +329,7 @@ class EmbeddedPostgres:
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(password + "\n")
-        _give(pwfile, uid, gid)
+        give(pwfile, uid, gid)
         try:
             self._run(
                 uid,
@@ -406,7 +355,7 @@ class EmbeddedPostgres:
         (scratch / "pg_hba.conf").write_text(_HBA)
         with (scratch / "postgresql.conf").open("a") as fh:
             fh.write("\ninclude_if_exists = 'dataexec.conf'\n")
-        _give(scratch / "pg_hba.conf", uid, gid)
+        give(scratch / "pg_hba.conf", uid, gid)
         shutil.rmtree(self.data_dir, ignore_errors=True)
         os.rename(scratch, self.data_dir)
         log.info("initialised embedded PostgreSQL cluster in %s", self.data_dir)
@@ -433,7 +382,7 @@ class EmbeddedPostgres:
             text += f"{key} = {_conf_value(value)}\n"
         path = self.data_dir / "dataexec.conf"
         path.write_text(text)
-        _give(path, uid, gid)
+        give(path, uid, gid)
 
     def _start_postmaster(self, uid: int | None, gid: int | None, config: dict[str, Any]) -> None:
         if self.log_file.exists() and self.log_file.stat().st_size > LOG_ROTATE_BYTES:
@@ -573,12 +522,6 @@ class EmbeddedPostgres:
         log.info("embedded PostgreSQL: roles and databases created")
 
 
-def _give(path: Path, uid: int | None, gid: int | None) -> None:
-    """Hand a file or directory to PostgreSQL's OS user (nothing to do when that is us)."""
-    if uid is not None:
-        os.chown(path, uid, -1 if gid is None else gid)
-
-
 def _conf_value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
@@ -601,90 +544,3 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _process_start(pid: int) -> str | None:
-    """The start time of a process (clock ticks since boot), to tell a reused pid apart."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw.rsplit(")", 1)[1].split()[19]
-
-
-def _alive(user: dict[str, Any]) -> bool:
-    pid = user.get("pid")
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return user.get("started") is None or _process_start(pid) == user.get("started")
-
-
-def _can_search(st: os.stat_result, uid: int, gids: set[int]) -> bool:
-    if st.st_uid == uid:
-        return bool(st.st_mode & stat.S_IXUSR)
-    if st.st_gid in gids:
-        return bool(st.st_mode & stat.S_IXGRP)
-    return bool(st.st_mode & stat.S_IXOTH)
-
-
-def _grant_search(target: Path, uid: int, gid: int | None) -> None:
-    """Let ``uid`` traverse every ancestor of ``target`` (an ACL entry, search only)."""
-    gids = {gid} if gid is not None else set()
-    for directory in reversed(target.absolute().parents):
-        st = directory.stat()
-        if _can_search(st, uid, gids) and not _has_acl(directory):
-            continue
-        try:
-            _add_acl_search(directory, uid, st)
-        except OSError as exc:
-            raise DataExecError(
-                f"the embedded PostgreSQL runs as {PG_OS_USER!r}, which cannot reach "
-                f"{target} (no search permission on {directory}, and an ACL could not be "
-                f"added: {exc.strerror}); set state_dir to a directory that user can reach, "
-                "e.g. /var/lib/dataexec"
-            ) from exc
-
-
-def _has_acl(directory: Path) -> bool:
-    try:
-        return len(os.getxattr(directory, _ACL_XATTR)) > 4
-    except OSError:
-        return False
-
-
-def _add_acl_search(directory: Path, uid: int, st: os.stat_result) -> None:
-    """Add (or extend) the entry ``user:<uid>:--x`` of a directory's access ACL."""
-    try:
-        raw = os.getxattr(directory, _ACL_XATTR)
-        entries = [struct.unpack_from("<HHI", raw, 4 + 8 * i) for i in range((len(raw) - 4) // 8)]
-    except OSError as exc:
-        if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP):  # no ACL yet / none possible
-            raise
-        mode = st.st_mode
-        entries = [
-            (_ACL_USER_OBJ, (mode >> 6) & 7, _ACL_UNDEFINED_ID),
-            (_ACL_GROUP_OBJ, (mode >> 3) & 7, _ACL_UNDEFINED_ID),
-            (_ACL_OTHER, mode & 7, _ACL_UNDEFINED_ID),
-        ]
-    mine = [e for e in entries if e[0] == _ACL_USER and e[2] == uid]
-    old_mask = [e[1] for e in entries if e[0] == _ACL_MASK]
-    if mine and mine[0][1] & 1 and old_mask and old_mask[0] & 1:
-        return  # already effective (a chmod may clear the mask: then we re-add it below)
-    perm = (mine[0][1] if mine else 0) | 1
-    entries = [e for e in entries if not (e[0] == _ACL_USER and e[2] == uid) and e[0] != _ACL_MASK]
-    entries.append((_ACL_USER, perm, uid))
-    if old_mask:  # keep what a chmod set the group class to; add search only
-        mask = old_mask[0] | 1
-    else:  # a first ACL: the mask leaves every existing permission as it was
-        mask = 1 | ((st.st_mode >> 3) & 7)
-    entries.append((_ACL_MASK, mask, _ACL_UNDEFINED_ID))
-    entries.sort(key=lambda e: (e[0], e[2]))
-    data = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
-    os.setxattr(directory, _ACL_XATTR, data)
-    log.info("granted %s search (ACL --x) on %s", PG_OS_USER, directory)

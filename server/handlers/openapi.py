@@ -71,7 +71,7 @@ def _operation(op: Operation, public: bool, refs: dict[type, dict[str, Any]]) ->
 def openapi_document(routes: Sequence[tuple[str, type[BaseHandler]]]) -> dict[str, Any]:
     """The whole OpenAPI 3.1 document of ``routes``."""
     declared = [(pattern, handler) for pattern, handler in routes if handler.api]
-    types = {bodies.ErrorAnswer}
+    types: set[type] = {bodies.ErrorAnswer}
     for _, handler in declared:
         for op in handler.api.values():
             types.update(t for t in (op.body, op.answer) if t is not None)

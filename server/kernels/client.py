@@ -101,7 +101,7 @@ class KernelClient:
         """
         if not self.closed and not self.lost:
             for monitor in self.monitors:
-                peek = zmq.Socket.shadow(monitor.underlying)  # a synchronous view
+                peek: zmq.Socket[bytes] = zmq.Socket.shadow(monitor.underlying)  # synchronous
                 while peek.poll(0):
                     frames = peek.recv_multipart(zmq.NOBLOCK)
                     if parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED:
@@ -158,7 +158,9 @@ class KernelClient:
             "allow_stdin": False,
             "stop_on_error": True,
         }
-        msg_id = self.session.send(self.shell, "execute_request", content)["header"]["msg_id"]
+        sent = self.session.send(self.shell, "execute_request", content)
+        assert sent is not None
+        msg_id = sent["header"]["msg_id"]
         poller = zmq.asyncio.Poller()
         for sock in (self.shell, self.iopub, *self.monitors):
             poller.register(sock, zmq.POLLIN)
@@ -195,6 +197,7 @@ class KernelClient:
                     idle = msg["content"]["execution_state"] == "idle"
                 elif msg["msg_type"] in OUTPUT_MSG_TYPES:
                     _append_output(outputs, msg)
+        assert reply is not None
         result = reply["content"]
         execution = Execution(
             status=result["status"],

@@ -65,7 +65,9 @@ class ExecutionRequest:
 
     def lineage(self, execution_count: int | None) -> dict[str, Any]:
         """What produced the frames of this step, for their cache keys."""
-        source = {"sql": self.code} if self.language == "sql" else {"code": self.code}
+        source: dict[str, Any] = (
+            {"sql": self.code} if self.language == "sql" else {"code": self.code}
+        )
         if self.params:
             source["params"] = self.params
         return {**source, "execution_count": execution_count}

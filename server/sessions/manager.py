@@ -20,6 +20,7 @@ outlive the server too.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import time
@@ -222,11 +223,11 @@ class SessionManager:
             session.pool.release(kernel)
             raise
         session.kernel, session.caller = kernel, caller
-        reason, session.lost_reason = session.lost_reason, None
-        if reason is None:
+        lost, session.lost_reason = session.lost_reason, None
+        if lost is None:
             return None
         restored, failed = await self.checkpoints.restore(session, kernel)
-        return Replacement(reason, restored, failed)
+        return Replacement(lost, restored, failed)
 
     async def restart(self, session: Session) -> dict[str, Any]:
         """A fresh kernel on purpose, with the session's frames restored (queues like a step)."""
@@ -268,7 +269,7 @@ class SessionManager:
             "frames": frames,
         }
 
-    async def history(self, session: Session) -> list[ExecutionRecord]:
+    async def history(self, session: Session) -> builtins.list[ExecutionRecord]:
         """The session's recorded steps, in order (waits for the last one's write)."""
         await self.checkpoints.settled(session, written=True)
         return await asyncio.to_thread(self.records.history, session.id)

@@ -196,4 +196,4 @@ class SessionRecords:
         since = clock.now() - dt.timedelta(seconds=idle_limit_s)
         with self.store.session() as db, db.begin():
             result = db.execute(sa.delete(SessionRow).where(SessionRow.last_activity < since))
-            return int(result.rowcount or 0)
+            return int(getattr(result, "rowcount", 0) or 0)
