@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from conftest import (
+from dataexec_testing.api import (
     OPERATOR_TOKEN,
     TOKEN_B,
     RunningServer,

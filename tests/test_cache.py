@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from conftest import TOKEN_B, RunningServer, assert_error
+from dataexec_testing.api import TOKEN_B, RunningServer, assert_error
 
 from server.cache.cache import Cache, describe, reservation, write_parquet
 from server.embedded.postgres import EmbeddedPostgres

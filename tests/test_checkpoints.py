@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import (
+from dataexec_testing.api import (
     RunningServer,
     assert_error,
     make_settings,

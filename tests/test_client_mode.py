@@ -25,10 +25,15 @@ import dataexec_kernel
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import ONE_SERVER, TOKEN_A, TOKEN_B, RunningServer, ok
 from dataexec_kernel import errors, helpers
 from dataexec_kernel.protocol import ARROW_STREAM
-from plain_kernel import CLIENT_ENV, clean_env, install_client_package, run_plain_kernel
+from dataexec_testing.api import ONE_SERVER, TOKEN_A, TOKEN_B, RunningServer, ok
+from dataexec_testing.plain_kernel import (
+    CLIENT_ENV,
+    clean_env,
+    install_client_package,
+    run_plain_kernel,
+)
 
 from server.embedded.postgres import EmbeddedPostgres
 

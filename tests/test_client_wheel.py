@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 import httpx
-from conftest import ONE_SERVER, RunningServer, assert_error
+from dataexec_testing.api import ONE_SERVER, RunningServer, assert_error
 
 from server.ops import client_wheel
 

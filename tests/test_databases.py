@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import RunningServer, assert_error, make_settings, start_server
+from dataexec_testing.api import RunningServer, assert_error, make_settings, start_server
 
 from server.config import load_settings, with_default_tenant
 from server.embedded.postgres import EmbeddedPostgres

@@ -38,10 +38,15 @@ import httpx
 import nbformat
 import pandas as pd
 import pytest
-from conftest import ONE_SERVER, TOKEN_A, RunningServer
+from dataexec_testing.api import ONE_SERVER, TOKEN_A, RunningServer
+from dataexec_testing.plain_kernel import (
+    KERNEL_NAME,
+    clean_env,
+    install_client_package,
+    plain_kernel_specs,
+)
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
-from plain_kernel import KERNEL_NAME, clean_env, install_client_package, plain_kernel_specs
 
 from server.notebook.export import RAISES_TAG
 from server.notebook.importer import ImportedCell, cells_from_notebook

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REQUIRE_DOCKER, docker_ready, make_settings, start_server, wait_for
+from dataexec_testing.api import REQUIRE_DOCKER, docker_ready, make_settings, start_server, wait_for
 
 from server.config import with_default_tenant
 from server.kernels.cgroups import CGROUP_ROOT, cgroup_version

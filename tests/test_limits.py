@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from conftest import RunningServer, assert_error, ok, run, value_of
+from dataexec_testing.api import RunningServer, assert_error, ok, run, value_of
 
 
 @pytest.fixture

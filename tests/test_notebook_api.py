@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import httpx
 import nbformat
 import pytest
-from conftest import (
+from dataexec_testing.api import (
     TOKEN_A,
     TOKEN_B,
     RunningServer,

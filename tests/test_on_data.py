@@ -8,7 +8,7 @@ import httpx
 import pandas as pd
 import pyarrow.parquet as pq
 import sqlalchemy as sa
-from conftest import TOKEN_B, RunningServer, assert_error, ok
+from dataexec_testing.api import TOKEN_B, RunningServer, assert_error, ok
 
 STEP = (
     "result_df = input_data['flights'].groupby('carrier').agg("

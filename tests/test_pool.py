@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from conftest import RunningServer, assert_error, ok, value_of, wait_for
+from dataexec_testing.api import RunningServer, assert_error, ok, value_of, wait_for
 
 
 async def test_a_kernel_is_never_handed_to_a_second_session(

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import httpx
-from conftest import RunningServer, connect_from_kernel, ok, value_of
+from dataexec_testing.api import RunningServer, connect_from_kernel, ok, value_of
 
 from server.embedded.postgres import EmbeddedPostgres
 

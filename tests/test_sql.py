@@ -8,7 +8,15 @@ import asyncio
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import RunningServer, assert_error, connect_from_kernel, ok, run, value_of, wait_for
+from dataexec_testing.api import (
+    RunningServer,
+    assert_error,
+    connect_from_kernel,
+    ok,
+    run,
+    value_of,
+    wait_for,
+)
 from test_guard import REJECTED
 
 from server.embedded.postgres import EmbeddedPostgres

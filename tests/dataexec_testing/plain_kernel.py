@@ -20,7 +20,7 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
 
-KERNEL_IMAGE = Path(__file__).resolve().parent.parent / "kernel_image"
+KERNEL_IMAGE = Path(__file__).resolve().parents[2] / "kernel_image"
 # The settings the client package reads; a test's own process may have them set.
 CLIENT_ENV = ("DATAEXEC_BROKER", "DATAEXEC_URL", "DATAEXEC_TOKEN", "DATAEXEC_DATABASE_URL")
 KERNEL_NAME = "plain"

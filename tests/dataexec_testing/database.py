@@ -1,7 +1,9 @@
-"""The real embedded PostgreSQL, started once per test run, with the demo data.
+"""The real embedded PostgreSQL, started once per test run, with the demo data (a plugin).
 
-Test modules that need it say ``pytest_plugins = ["db_fixtures"]`` (a plugin, not an
-import, so that the session fixture exists once however many modules use it).
+This module owns the session fixtures ``embedded_pg`` (the cluster), ``query_engine`` (its
+SELECT-only role) and ``admin_engine`` (its owner role). ``tests/conftest.py`` registers it
+as a plugin rather than importing it, so that each session fixture exists once however many
+modules use it; nothing starts until a test asks for one of them.
 """
 
 from __future__ import annotations
