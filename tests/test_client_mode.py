@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -249,39 +248,7 @@ async def test_database_mode_is_read_only_even_with_a_writing_role(
     assert frame["n"].tolist() == [16]
 
 
-# --- no configuration, and a cheap import -------------------------------------------------------
-
-
-async def run_python(code: str, env: dict[str, str]) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        code,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
-async def test_without_configuration_sql_says_how_to_configure() -> None:
-    code = """
-import json, sys
-import dataexec_kernel
-heavy = [m for m in ("pandas", "pyarrow", "urllib.request", "sqlalchemy") if m in sys.modules]
-try:
-    dataexec_kernel.sql("SELECT 1")
-except dataexec_kernel.NotConfigured as exc:
-    print(json.dumps({"heavy": heavy, "error": str(exc)}))
-"""
-    status, out, err = await run_python(code, clean_env())
-    assert status == 0, err
-    answer = json.loads(out)
-    assert answer["heavy"] == []  # importing the package imports nothing heavy
-    for hint in ("DATAEXEC_URL", "DATAEXEC_TOKEN", "DATAEXEC_DATABASE_URL", "connect("):
-        assert hint in answer["error"]
+# (Without configuration, and a cheap import: tests/unit/test_client_package.py.)
 
 
 # --- the package installed with pip, in a plain ipykernel --------------------------------------

@@ -39,13 +39,11 @@ from server.config import MiB, Settings, load_settings
 from server.errors import SandboxUnavailable
 from server.kernels.docker import (
     CPU_PERIOD_US,
-    CPU_QUOTA_MIN_US,
     LABEL_KERNEL,
     LABEL_POOL,
     LABEL_RUNTIME_DIR,
     DockerKernel,
     DockerSandbox,
-    cpu_period_and_quota,
 )
 from server.kernels.kerneldir import (
     KernelDir,
@@ -337,14 +335,6 @@ async def test_kernel_is_a_running_labelled_locked_down_container(
     assert (host["CpuPeriod"], host["CpuQuota"]) == (CPU_PERIOD_US, CPU_PERIOD_US)
     assert host["Tmpfs"] == {"/tmp": f"size={DEFAULT_LIMITS.tmp_bytes},mode=1777,nosuid,nodev"}
     assert attrs["Config"]["User"] == f"{KERNEL_UID}:{KERNEL_UID}"
-
-
-async def test_cpu_limit_keeps_a_short_period_down_to_the_engines_minimum_quota() -> None:
-    assert cpu_period_and_quota(1.0) == (CPU_PERIOD_US, CPU_PERIOD_US)
-    assert cpu_period_and_quota(0.5) == (CPU_PERIOD_US, CPU_PERIOD_US // 2)
-    assert cpu_period_and_quota(2.0) == (CPU_PERIOD_US, 2 * CPU_PERIOD_US)
-    period, quota = cpu_period_and_quota(0.05)
-    assert quota == CPU_QUOTA_MIN_US and quota / period == pytest.approx(0.05)
 
 
 async def test_kernel_contents_import_and_draw_a_chart(shared: Kernel) -> None:

@@ -1,4 +1,7 @@
-"""The server as an operator runs it: `dataexec serve` in its own process, signals, orphans."""
+"""The server as an operator runs it: `dataexec serve` in its own process, signals, orphans.
+
+``--version`` and bad configuration, which start no server, are in ``tests/unit/test_cli.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import os
 import re
 import secrets
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -152,33 +154,6 @@ async def test_a_restarted_server_removes_what_a_killed_one_left(serve: ServePro
         successor.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(successor.process.wait(), 30) == 0
     assert kernel_leftovers(serve.env) == []
-
-
-def test_version_and_bad_config_exit_with_clear_messages(tmp_path: Path) -> None:
-    version = subprocess.run(
-        [sys.executable, "-m", "server", "--version"], capture_output=True, text=True
-    )
-    assert version.returncode == 0 and version.stdout.startswith("dataexec ")
-    env = {
-        **serve_env(tmp_path),
-        "DATAEXEC_PORT": "eighty",
-        "DB_HOST": "db",
-        "DB_USER": "u",
-        "DB_NAME": "d",
-        "DB_SSL_MODE": "sometimes",
-        "DATAEXEC_POOLS__DEFAULT__MEMORY_MB": "1",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    for name in ("DATAEXEC_PORT", "DB_SSL_MODE", "DATAEXEC_POOLS__DEFAULT__MEMORY_MB"):
-        assert name in result.stderr
-    assert "Traceback" not in result.stderr
 
 
 CULL_CONFIG = """

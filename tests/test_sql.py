@@ -17,7 +17,7 @@ from dataexec_testing.api import (
     value_of,
     wait_for,
 )
-from test_guard import REJECTED
+from dataexec_testing.guard_cases import REJECTED
 
 from server.embedded.postgres import EmbeddedPostgres
 

@@ -16,7 +16,7 @@ from server.config import (
 )
 from server.errors import ConfigError
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 
 
 def problems(
