@@ -273,11 +273,11 @@ async def test_interrupt_stops_a_running_cell(client: httpx.AsyncClient, session
     running = asyncio.ensure_future(
         run(client, session_id, "import time\nwhile True: time.sleep(0.01)")
     )
-    for _ in range(200):
-        state = (await client.get(f"/sessions/{session_id}")).json()["state"]
-        if state == "busy":
-            break
-        await asyncio.sleep(0.02)
+
+    async def busy() -> bool:
+        return (await client.get(f"/sessions/{session_id}")).json()["state"] == "busy"
+
+    await wait_for(busy)
     interrupted = await client.post(f"/sessions/{session_id}/interrupt")
     assert interrupted.json() == {"session_id": session_id, "interrupted": True}
     detail = assert_error(await running, 400, "EXECUTION_ERROR")
@@ -293,7 +293,11 @@ async def test_requests_to_one_session_run_in_order_with_a_bounded_queue(
     await ok(client, session_id, "import time\nlog = []")
     cells = [run(client, session_id, f"time.sleep(0.3); log.append({i})") for i in range(3)]
     tasks = [asyncio.ensure_future(c) for c in cells]
-    await asyncio.sleep(0.1)
+
+    async def queue_full() -> bool:
+        return (await client.get(f"/sessions/{session_id}")).json()["queued"] == 2
+
+    await wait_for(queue_full)
     # One runs and two wait (session_queue_size = 2): the next one is turned away.
     busy = await run(client, session_id, "log.append('late')")
     assert_error(busy, 409, "SESSION_BUSY")

@@ -288,6 +288,18 @@ async def value(kernel: Kernel, expression: str) -> Any:
     return json.loads(cell.stdout)
 
 
+def wait_for_stdout(client: BlockingKernelClient, msg_id: str, text: str) -> None:
+    """Read the kernel's iopub until the cell ``msg_id`` prints ``text`` (blocking)."""
+    while True:
+        msg = client.get_iopub_msg(timeout=CELL_TIMEOUT_S)
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "stream"
+            and text in msg["content"]["text"]
+        ):
+            return
+
+
 async def wait_for_exit(kernel: DockerKernel, seconds: float = 60.0) -> int:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -557,8 +569,8 @@ print(len(started), failure)
 async def test_interrupt_request_stops_a_running_cell(kernels: Any) -> None:
     kernel = await kernels()
     client = kernel.client
-    msg_id = client.execute("import time; time.sleep(60)")
-    await asyncio.sleep(0.5)
+    msg_id = client.execute("import time; print('sleeping', flush=True); time.sleep(60)")
+    await asyncio.to_thread(wait_for_stdout, client, msg_id, "sleeping")
     # Message mode, as the server interrupts: the kernel signals itself inside the container.
     client.control_channel.send(client.session.msg("interrupt_request", {}))
     reply = await asyncio.to_thread(client.get_shell_msg, timeout=10)

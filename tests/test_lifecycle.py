@@ -127,7 +127,11 @@ async def test_sigterm_lets_a_running_cell_finish_then_removes_every_kernel(
         running = asyncio.ensure_future(
             http.post("/sessions/s1/execute", json={"code": "import time; time.sleep(1.5); x + 41"})
         )
-        await asyncio.sleep(0.5)
+
+        async def running_cell() -> bool:
+            return (await http.get("/sessions/s1")).json()["state"] == "busy"
+
+        await wait_for(running_cell)
         serve.process.send_signal(signal.SIGTERM)
         answer = await running
     assert answer.status_code == 200

@@ -90,11 +90,22 @@ async def test_a_spill_waits_for_running_writes_rather_than_pass_the_quota(
     table = random_table(40_000)
     quota = 2 * reservation(table)
     cache = Cache(tmp_path / "cache", sqlite_store, 60, {"t": quota}, 2**40, write=slow_write)
+    # Seen from outside, the moment the third spill finds no room is when it starts to wait.
+    no_room = threading.Event()
+    make_room = cache._make_room
+
+    def watched_make_room(tenant: str, need: int, pending: int) -> bool:
+        made = make_room(tenant, need, pending)
+        if not made:
+            no_room.set()
+        return made
+
+    cache._make_room = watched_make_room  # type: ignore[method-assign]
     # Two spills reserve the whole quota; a third waits for their writes, then evicts the
     # older of them.
     first, second = [await cache.spill("t", None, table, {}) for _ in range(2)]
     third = asyncio.ensure_future(cache.spill("t", None, table, {}))
-    await asyncio.sleep(0.2)
+    assert await asyncio.to_thread(no_room.wait, 10), "the third spill never found the quota full"
     assert not third.done() and cache.reserved["t"].keys() == {first, second}
     disk.set()
     third_key = await third
@@ -111,7 +122,7 @@ async def test_expired_keys_are_swept_and_say_so(
     cache = Cache(tmp_path / "cache", sqlite_store, 0.05, {}, 2**40)
     key = await cache.spill("t", None, pa.table({"a": [1]}), {})
     await cache.close()
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # the wait is the point: the key's 0.05 s TTL must run out
     assert await cache.sweep() == 1
     with pytest.raises(NotFound, match=r"\(expired\)"):
         await cache.entry("t", key)
