@@ -139,6 +139,10 @@ async def server_on(
 # Every sandbox a server can run kernels in; the shared ``api`` fixture runs once per each.
 SANDBOXES = ["bubblewrap", "docker"]
 
+# Set in this process's environment while the shared servers run (fixtures.host_marker):
+# kernels, which the sandboxes start from this process, must not see it.
+HOST_MARKER = "DXTEST_HOST_ONLY_MARKER"
+
 # For tests that do not care which sandbox the server uses: one server is enough.
 ONE_SERVER = pytest.mark.parametrize("api", ["bubblewrap"], indirect=True)
 

@@ -1,7 +1,8 @@
 """The shared server and what tests take from it, as pytest fixtures (a plugin module).
 
 This module owns: ``api``, one server for the whole run per sandbox (a kernel costs about a
-second to start, so servers are shared); ``client``, an HTTP client of tenant A on it; and
+second to start, so servers are shared), started with a marker in this process's environment
+(``host_marker``) that no kernel may see; ``client``, an HTTP client of tenant A on it; and
 ``session_id``, a fresh session id whose session ends with the test. Tests that break kernels
 on purpose use their own pools (``small``, ``tiny`` in ``api.CONFIG``) so that they cannot
 starve the others. Registered from ``tests/conftest.py``; the helpers it builds on are in
@@ -11,12 +12,13 @@ starve the others. Registered from ``tests/conftest.py``; the helpers it builds 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
 from dataexec_testing.api import (
+    HOST_MARKER,
     SANDBOXES,
     RunningServer,
     docker_missing,
@@ -27,11 +29,21 @@ from dataexec_testing.api import (
 from server.embedded.postgres import EmbeddedPostgres
 
 
+@pytest.fixture(scope="session")
+def host_marker() -> Iterator[str]:
+    """``HOST_MARKER`` in this process's environment for the rest of the run (test_sandbox.py
+    asserts that no kernel sees it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(HOST_MARKER, "host-secret-env")
+        yield HOST_MARKER
+
+
 @pytest.fixture(scope="session", params=SANDBOXES)
 async def api(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     embedded_pg: EmbeddedPostgres,
+    host_marker: str,
 ) -> AsyncIterator[RunningServer]:
     """The shared server, once per sandbox: two tenants, three pools, warmed before use.
 
