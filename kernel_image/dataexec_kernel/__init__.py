@@ -26,10 +26,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 # Public names, each imported from its module on first use. ``connect`` and ``disconnect``
-# belong to the analysts' client package, which is not installed inside kernels.
+# are the analysts' client package's (not installed inside kernels), reached through helpers.
 _LAZY = {
-    "connect": "dataexec_client",
-    "disconnect": "dataexec_client",
+    "connect": "dataexec_kernel.helpers",
+    "disconnect": "dataexec_kernel.helpers",
     "sql": "dataexec_kernel.helpers",
     "load": "dataexec_kernel.helpers",
     "save": "dataexec_kernel.helpers",

@@ -37,7 +37,10 @@ def _read_frame(stream: Any) -> Any:
     if len(prefix) < protocol.FRAME.size:
         raise errors.DataExecError("the broker closed the connection")
     size = protocol.frame_length(prefix, limit=1 << 62)
-    return protocol.decode_frame(stream.read(size))
+    body = stream.read(size)
+    if len(body) < size:
+        raise errors.DataExecError("the broker closed the connection")
+    return protocol.decode_frame(body)
 
 
 def _answer(stream: Any) -> dict[str, Any]:

@@ -43,18 +43,32 @@ def use_client(resolver: Callable[[], Any]) -> None:
     _client_resolver = resolver
 
 
+def _client_package() -> Any:
+    """The analysts' client package, found by name (so that nothing of it is needed, or
+    shipped, where kernels run); importing it plugs it in (``use_client``)."""
+    try:
+        return importlib.import_module(CLIENT_PACKAGE)
+    except ImportError:
+        raise NotConfigured(NO_CLIENT) from None
+
+
+def connect(*args: Any, **kwargs: Any) -> Any:
+    """``dataexec_client.connect``: send ``sql()`` to a DataExec server or a database."""
+    return _client_package().connect(*args, **kwargs)
+
+
+def disconnect() -> None:
+    """``dataexec_client.disconnect``: the environment decides again."""
+    _client_package().disconnect()
+
+
 def _client() -> Any:
     """None when the broker answers (a DataExec kernel), else the analysts' client.
 
     Raises NotConfigured, saying how to configure one, when there is nothing to talk to.
     """
     if _client_resolver is None and not broker.available():
-        # Outside DataExec: the client package plugs in when imported (found by name, so
-        # that nothing of it is needed, or shipped, where kernels run).
-        try:
-            importlib.import_module(CLIENT_PACKAGE)
-        except ImportError:
-            raise NotConfigured(NO_CLIENT) from None
+        _client_package()  # outside DataExec: the client plugs in when imported
     if _client_resolver is None:
         return None
     return _client_resolver()

@@ -216,8 +216,8 @@ def json_value(value: Any) -> Any:
         return value
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return None if _is_nat(value) else value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return None if _is_nat(value) else str(value)
+    if isinstance(value, dt.timedelta):  # pandas' Timedelta spells itself otherwise
+        return None if _is_nat(value) else str(dt.timedelta(seconds=value.total_seconds()))
     if isinstance(value, decimal.Decimal):
         return float(value) if value.is_finite() else None
     if isinstance(value, bytes):
@@ -291,12 +291,11 @@ def _typed_stats(column: Any) -> dict[str, Any]:
             "distinct_count": pc.count_distinct(numbers, mode="only_valid").as_py(),
         }
     if pa.types.is_temporal(kind):
-        minmax = pc.min_max(column).as_py()
-        return {
-            "min": json_value(minmax["min"]),
-            "max": json_value(minmax["max"]),
-            "null_count": nulls,
-        }
+        # Arrow has no min/max of durations: take them of the counts, as durations again.
+        values = pc.cast(column, pa.int64()) if pa.types.is_duration(kind) else column
+        minmax = pc.min_max(values)
+        low, high = (pa.scalar(minmax[end].as_py(), kind).as_py() for end in ("min", "max"))
+        return {"min": json_value(low), "max": json_value(high), "null_count": nulls}
     if (
         pa.types.is_string(kind)
         or pa.types.is_large_string(kind)

@@ -96,8 +96,10 @@ class KernelPool:
             error = (
                 exc if isinstance(exc, DataExecError) else KernelDied("a kernel failed to start")
             )
-            # Fail one waiter rather than let it hang; the others keep waiting for capacity.
+            # Fail one waiter rather than let it hang; the others get a start of their own.
             self._fail_one_waiter(error)
+            if self.waiters:
+                self.fill()
             return
         self.starting -= 1
         self.started_total += 1
@@ -126,11 +128,13 @@ class KernelPool:
         """A ready kernel that no session has used; waits for one within the limits."""
         while self.idle:
             kernel = self.idle.popleft()
+            # Counted while it is checked (the check may ask the sandbox): a concurrent
+            # acquire must not start a kernel past max_kernels meanwhile.
+            self.in_use += 1
             if await kernel.usable():
-                self.in_use += 1
                 self.fill()
                 return kernel
-            self._destroy(kernel)
+            self.release(kernel)
         full = self.total >= self.settings.max_kernels
         waiter: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)

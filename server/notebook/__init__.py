@@ -4,5 +4,5 @@ Owns the notebook format of DataExec both ways and nothing else: no I/O, no serv
 state. Export reads step records (anything shaped like ``export.Step``); import reads a
 posted notebook into cells for the session manager to replay.
 
-May import: errors. Nothing of sessions, kernels or HTTP.
+May import: errors, clock. Nothing of sessions, kernels or HTTP.
 """

@@ -5,6 +5,6 @@ execution of a step (the cell for SQL and execute-on-data, the run, the answer),
 checkpoints that let a session outlive its kernel, the session records in the store,
 the history of steps and the replay of imported notebooks.
 
-May import: kernels, broker, cache, notebook, store, sql (types only), config, errors,
+May import: kernels, broker, cache, notebook, store, sql (types only), config, errors, clock,
 and the kernel protocol (``dataexec_kernel.protocol``). Never tornado or HTTP.
 """

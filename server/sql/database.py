@@ -39,6 +39,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from server.config import Settings
 from server.errors import OutputTooLarge
+from server.sql import arrow_types
 from server.sql.errors import DriverErrors, QueryCancelled, is_connection_failure
 from server.sql.introspect import describe_schema
 from server.sql.profile import profile_table
@@ -300,7 +301,7 @@ class QueryDatabase:
             stack.callback(stream.cancel_with, None)
             try:
                 cursor.execute(query)
-                return _ClosingReader(cursor.fetch_record_batch(), stack)
+                return _ClosingReader(cursor.fetch_record_batch(), stack, plain=True)
             except BaseException as exc:
                 stack.__exit__(type(exc), exc, exc.__traceback__)
                 if not (pooled and is_connection_failure(str(exc))):
@@ -355,13 +356,19 @@ class QueryDatabase:
 class _ClosingReader:
     """A RecordBatchReader that owns its cursor and connection; ``close`` releases them."""
 
-    def __init__(self, reader: pa.RecordBatchReader, stack: contextlib.ExitStack) -> None:
+    def __init__(
+        self, reader: pa.RecordBatchReader, stack: contextlib.ExitStack, plain: bool = False
+    ) -> None:
         self.reader = reader
-        self.schema = reader.schema
         self.stack = stack
+        self.schema, self.convert = (
+            arrow_types.plain(reader.schema) if plain else (reader.schema, None)
+        )
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
-        return iter(self.reader)
+        if self.convert is None:
+            return iter(self.reader)
+        return map(self.convert, self.reader)
 
     def close(self, error: BaseException | None) -> None:
         """Release the statement, cursor and connection (pooled again only after success)."""

@@ -52,23 +52,25 @@ ALLOWED: dict[str, set[str]] = {
     "runtime": (ROOMS - {"handlers"}) | TOP | {"protocol"},
     # handlers/__init__: every room below (through runtime's services), auth, config, errors
     "handlers": (ROOMS - {"handlers", "embedded"}) | TOP | {"runtime", "protocol"},
-    # sessions/__init__ (and DESIGN.md: handlers -> sessions -> {kernels, broker}), plus
-    # clock, which the plan allows though the docstring does not name it
+    # sessions/__init__ (and DESIGN.md: handlers -> sessions -> {kernels, broker})
     "sessions": {"kernels", "broker", "cache", "notebook", "store", "sql"}
     | {"config", "errors", "clock", "protocol"},
     # broker/__init__: sql, cache, config, errors, and the kernel protocol
     "broker": {"sql", "cache", "config", "errors", "protocol"},
-    # cache/__init__: store, config, errors, and the kernel protocol
-    "cache": {"store", "config", "errors", "protocol"},
-    # notebook/__init__ (errors), plus clock, which the plan allows
+    # cache/__init__: store, config, errors, clock, and the kernel protocol
+    "cache": {"store", "config", "errors", "clock", "protocol"},
+    # notebook/__init__: errors, clock
     "notebook": {"errors", "clock"},
     "store": {"errors"},
     # kernels/__init__: config, errors, and the kernel protocol
     "kernels": {"config", "errors", "protocol"},
     "embedded": {"errors"},
-    # ops/__init__: kernels (the Docker engine client), config, errors
-    "ops": {"kernels", "config", "errors"},
-    "sql": {"config", "errors"},
+    # ops/__init__: kernels (the Docker engine client), config, errors, and the kernel
+    # package it builds into images and wheels
+    "ops": {"kernels", "config", "errors", "protocol", "kernel_package"},
+    # sql/__init__: config, errors, and the kernel package's errors (the connection failures
+    # it shares with the analysts' client)
+    "sql": {"config", "errors", "protocol"},
     # the top modules import only below them
     "auth": {"config", "errors"},
     "config": {"errors"},
