@@ -24,8 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
+from server.database_url import checked_database_url, legacy_database_url
 from server.errors import ConfigError
 
 MiB = 1024 * 1024
@@ -83,16 +84,11 @@ LEGACY_ENV = {
     "CORE_LOGIC_URL": "core_logic_url",
     "AGENT_ID": "agent_id",
     "AGENT_PUBLIC_URL": "agent_public_url",
+    "DB_SSL_MODE": "database_ssl_mode",
+    "DB_SSL_ROOT_CERT": "database_ssl_root_cert",
+    "DB_SSL_CERT": "database_ssl_cert",
+    "DB_SSL_KEY": "database_ssl_key",
 }
-LEGACY_DB_ENV = (
-    "DB_DIALECT",
-    "DB_HOST",
-    "DB_PORT",
-    "DB_USER",
-    "DB_PASSWORD",
-    "DB_NAME",
-    "DB_SSL_MODE",
-)
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 POOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -185,8 +181,22 @@ class Settings:
     database_url: str = setting(
         "",
         "SQLAlchemy URL of the database to analyse; empty uses the DB_* names, else the embedded "
-        "PostgreSQL.",
+        "PostgreSQL. postgresql://, mysql:// and mariadb:// use the drivers DataExec ships "
+        "(psycopg2 and ADBC, mysqlclient); see docs/databases.md.",
     )
+    database_ssl_mode: str = setting(
+        "",
+        "TLS to the analysed database, in libpq's words (MariaDB/MySQL get the matching "
+        "ssl_mode); empty leaves it to the URL and the driver's default.",
+        choices=("", *SSL_MODES),
+    )
+    database_ssl_root_cert: str = setting(
+        "", "CA certificate (PEM file) that verify-ca and verify-full check the server against."
+    )
+    database_ssl_cert: str = setting(
+        "", "Client certificate (PEM file), for databases that authenticate by certificate."
+    )
+    database_ssl_key: str = setting("", "Key (PEM file) of database_ssl_cert.")
     store_url: str = setting(
         "",
         "SQLAlchemy URL of DataExec's own store (sessions, executions, cache index); empty uses a "
@@ -345,7 +355,8 @@ def _convert(setting: Setting, raw: Any, where: str, errors: list[str]) -> Any:
         errors.append(f"{where}: expected {kind.__name__}, got {raw!r}")
         return setting.default
     if setting.choices and value not in setting.choices:
-        errors.append(f"{where}: must be one of {', '.join(setting.choices)}, got {value!r}")
+        shown = ", ".join(choice or "'' (unset)" for choice in setting.choices)
+        errors.append(f"{where}: must be one of {shown}, got {value!r}")
         return setting.default
     if setting.minimum is not None and value < setting.minimum:
         errors.append(f"{where}: must be at least {setting.minimum}, got {value!r}")
@@ -364,36 +375,6 @@ def _read_toml(path: Path, errors: list[str]) -> dict[str, Any]:
     except OSError as exc:
         errors.append(f"config file {path}: {exc.strerror}")
     return {}
-
-
-def _legacy_database_url(env: Mapping[str, str], errors: list[str]) -> str:
-    """Build a SQLAlchemy URL from the replaced system's DB_* names (empty when none is set)."""
-    given = {name: env[name] for name in LEGACY_DB_ENV if env.get(name)}
-    if not given:
-        return ""
-    missing = [n for n in ("DB_HOST", "DB_USER", "DB_NAME") if n not in given]
-    if missing:
-        errors.append(
-            f"DB_* settings: {', '.join(missing)} missing (DB_HOST, DB_USER and DB_NAME "
-            "are needed together)"
-        )
-        return ""
-    dialect = given.get("DB_DIALECT", "postgresql")
-    if not re.fullmatch(r"[a-z0-9_+]+", dialect):
-        errors.append(f"DB_DIALECT: not a SQLAlchemy dialect name: {dialect!r}")
-    port = given.get("DB_PORT", "")
-    if port and not (port.isdigit() and 0 < int(port) < 65536):
-        errors.append(f"DB_PORT: expected a port number, got {port!r}")
-        port = ""
-    ssl_mode = given.get("DB_SSL_MODE", "")
-    if ssl_mode and ssl_mode not in SSL_MODES:
-        errors.append(f"DB_SSL_MODE: must be one of {', '.join(SSL_MODES)}, got {ssl_mode!r}")
-        ssl_mode = ""
-    password = given.get("DB_PASSWORD", "")
-    auth = quote(given["DB_USER"], safe="") + (":" + quote(password, safe="") if password else "")
-    host = given["DB_HOST"] + (f":{port}" if port else "")
-    url = f"{dialect}://{auth}@{host}/{quote(given['DB_NAME'])}"
-    return url + (f"?sslmode={ssl_mode}" if ssl_mode else "")
 
 
 def _section(
@@ -447,10 +428,11 @@ def load_settings(
     for name in sorted(set(document) - known):
         errors.append(f"config file: unknown setting {name!r}")
 
-    legacy = {target: env[name] for name, target in LEGACY_ENV.items() if env.get(name)}
-    legacy_db = _legacy_database_url(env, errors)
+    # setting -> (value, the replaced system's name it came from)
+    legacy = {target: (env[name], name) for name, target in LEGACY_ENV.items() if env.get(name)}
+    legacy_db = legacy_database_url(env, errors)
     if legacy_db:
-        legacy["database_url"] = legacy_db
+        legacy["database_url"] = (legacy_db, "DB_* settings")
 
     values: dict[str, Any] = {}
     for setting in SETTINGS:
@@ -459,7 +441,7 @@ def load_settings(
         elif setting.env in env:
             raw, where = env[setting.env], setting.env
         elif setting.name in legacy:
-            raw, where = legacy[setting.name], setting.name
+            raw, where = legacy[setting.name]
         elif setting.name in document:
             raw, where = document[setting.name], f"config file: {setting.name}"
         else:
@@ -477,8 +459,12 @@ def load_settings(
         url = values[name]
         if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
             errors.append(f"{name}: expected an http(s) URL, got {url!r}")
-    if values["database_url"] and "://" not in values["database_url"]:
-        errors.append("database_url: expected a SQLAlchemy URL such as postgresql://user@host/db")
+    values["database_url"] = checked_database_url(values["database_url"], errors)
+    for name in ("database_ssl_root_cert", "database_ssl_cert", "database_ssl_key"):
+        if values[name] and not Path(values[name]).expanduser().is_file():
+            errors.append(f"{name}: no such file: {values[name]!r}")
+    if bool(values["database_ssl_cert"]) != bool(values["database_ssl_key"]):
+        errors.append("database_ssl_cert and database_ssl_key: give both or neither")
     if values["max_rows_default"] > values["max_rows_cap"]:
         errors.append("max_rows_default: larger than max_rows_cap")
     if values["sandbox"] == "none" and not values["insecure_no_sandbox"]:

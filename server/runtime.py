@@ -95,7 +95,7 @@ class Runtime:
         # Fails early on a dialect the guard cannot parse, and loads sqlglot (~0.1 s) now
         # rather than in the first query.
         try:
-            await asyncio.to_thread(check_query, "SELECT 1", self.database.dialect)
+            await asyncio.to_thread(check_query, "SELECT 1", self.database.backend)
         except ValueError as exc:
             raise ConfigError([f"database_url: {exc}"]) from None
         broker = Broker(
@@ -172,6 +172,7 @@ class Runtime:
             "sandbox": self.sandbox.name if hasattr(self, "sandbox") else None,
             "pools": {name: pool.stats() for name, pool in self.pools.items()},
             "sessions": len(self.sessions.sessions) if self.started else 0,
+            "database": self.database.describe() if hasattr(self, "database") else None,
         }
 
     async def close(self) -> None:

@@ -6,84 +6,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import secrets
 import signal
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from dataexec_testing.api import REQUIRE_DOCKER, docker_ready, make_settings, start_server, wait_for
+from dataexec_testing.serve import ServeProcess, serve_env, start_serve
 
 from server.config import with_default_tenant
 from server.kernels.cgroups import CGROUP_ROOT, cgroup_version
-
-
-@dataclass
-class ServeProcess:
-    process: asyncio.subprocess.Process
-    url: str
-    token: str
-    env: dict[str, str]
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {self.token}"}
-        )
-
-
-def serve_env(tmp_path: Path) -> dict[str, str]:
-    tag = secrets.token_hex(3)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATAEXEC_", "AGENT_"))}
-    env.update(
-        DATAEXEC_STATE_DIR=str(tmp_path / "state"),
-        DATAEXEC_RUNTIME_DIR=f"/run/dxl-{tag}",
-        DATAEXEC_CGROUP_PARENT=f"dataexec-life-{tag}",
-        DATAEXEC_PORT="0",
-        DATAEXEC_SANDBOX="bubblewrap",
-        DATAEXEC_POOLS__DEFAULT__MIN_IDLE="1",
-        DATAEXEC_SHUTDOWN_GRACE_S="5",
-    )
-    for name in ("DATAEXEC_KERNEL_ENV", "DATAEXEC_DOCKER_IMAGE"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    return env
-
-
-async def start_serve(env: dict[str, str]) -> ServeProcess:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server",
-        "serve",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    url = token = ""
-    while not (url and token):
-        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
-        assert line, "server exited early:\n" + "".join(lines)
-        lines.append(line)
-        if match := re.search(r"listening on (http://\S+)", line):
-            url = match.group(1)
-        if line.startswith("token: "):
-            token = line.split()[1]
-    # Keep draining the log so the server never blocks on a full pipe.
-    asyncio.ensure_future(_drain(process))
-    return ServeProcess(process, url, token, env)
-
-
-async def _drain(process: asyncio.subprocess.Process) -> None:
-    assert process.stdout is not None
-    while await process.stdout.readline():
-        pass
 
 
 def kernel_leftovers(env: dict[str, str]) -> list[str]:

@@ -8,8 +8,8 @@ so ``sql()`` gives the frames it gives inside DataExec.
 There is no guard here (the analyst's own credentials decide what may run), but queries run
 read-only where the database makes that cheap, so that a notebook that runs here also runs
 in DataExec: PostgreSQL in a ``READ ONLY`` transaction, SQLite with ``query_only``. Other
-databases get a transaction that is always rolled back. ``load()`` and ``save()`` need
-DataExec's cache, so a DataExec server.
+databases get a transaction that is always rolled back (on MariaDB/MySQL a ``READ ONLY``
+one). ``load()`` and ``save()`` need DataExec's cache, so a DataExec server.
 """
 
 from __future__ import annotations
@@ -50,6 +50,10 @@ class DatabaseClient:
         scheme = parts.scheme.lower()
         if scheme == "postgres" or scheme.startswith("postgres+"):
             scheme = "postgresql" + scheme[len("postgres") :]
+        if scheme == "postgresql" and _importable("psycopg2") and not _importable("psycopg"):
+            # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; take the driver the
+            # postgresql extra installs (and DataExec's server uses) when that is the one here.
+            scheme = "postgresql+psycopg2"
         self.url = scheme + url.strip()[len(parts.scheme) :]  # the rest exactly as given
         self.dialect = scheme.split("+")[0]
         self._lock = threading.Lock()
@@ -159,7 +163,7 @@ class DatabaseClient:
 
         engine = self._sqlalchemy_engine()
         with self._translate(), engine.connect() as conn:
-            if engine.dialect.name == "postgresql":
+            if engine.dialect.name in ("postgresql", "mysql", "mariadb"):
                 conn.exec_driver_sql("SET TRANSACTION READ ONLY")
             result = conn.execute(sa.text(query), params)
             if not result.returns_rows:
@@ -188,6 +192,12 @@ class DatabaseClient:
             if is_connection_failure(message):
                 raise DatabaseUnavailable(f"cannot query {self.describe()}: {message}") from exc
             raise DatabaseError(message) from exc
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _adbc_postgresql() -> bool:

@@ -5,9 +5,31 @@ if the cell set it, else the value of its last expression. The server then asks 
 the user expression ``protocol.result_expression(max_rows)``, which answers one JSON
 document (a ``protocol.ResultPayload``) under ``protocol.RESULT_MIMETYPE``, already a JSON
 string, so NaN, dates and numpy scalars are settled here and never reach the kernel's own
-JSON encoder. A frame's preview and statistics come from ``protocol.table_payload`` on the
-same Arrow table that is sent to the cache: one implementation for the server's SQL and
+JSON encoder. A frame goes to the cache as one Arrow table, index and pandas metadata
+included (``protocol.arrow_table``), so ``load(key)`` gives back the same frame; its preview
+and statistics come from ``protocol.table_payload`` on the columns of that same table an
+answer shows (``protocol.answer_columns``): one implementation for the server's SQL and
 the kernel's frames.
+
+**What an answer shows of a frame's index** (its columns, preview rows, statistics, and the
+CSV and JSON downloads of its key):
+
+- Left out, as ``to_dict("records")`` would: an *unnamed, single-level, integer* index. That
+  is the row numbers pandas made: a RangeIndex from any start (``head``, ``tail``,
+  ``iloc[5:]``, a fresh frame) or the labels filtering, sorting, ``sample``,
+  ``drop_duplicates`` or ``concat`` leave behind, in any order, unique or not
+  (``d[d.n > 1]`` answers ``["n"]``, not ``["index", "n"]``).
+- Shown as columns, first, under ``reset_index``'s names: a named index (``set_index``, a
+  groupby key, ``value_counts()``, whose index pandas names after the counted column,
+  ``pivot_table``, ``rename_axis``), every level of a MultiIndex (a groupby on several
+  keys), and an unnamed index of any other type: strings (``describe()``'s statistic
+  names, ``df.T``'s former column names) become a column ``index``, and so do dates
+  (``resample``) and floats.
+
+Why: an unnamed integer index is what pandas numbers rows with, while any other index holds
+values someone put there. An integer index set on purpose but left unnamed
+(``df.index = ids``) is the rare casualty; naming it (``rename_axis("id")``) shows it.
+Columns that are a MultiIndex (``agg`` with several functions) are joined into flat names.
 """
 
 from __future__ import annotations
@@ -27,40 +49,61 @@ PIP_MESSAGE = (
 
 
 def as_frame(value: Any) -> Any:
-    """The value as a DataFrame for the answer, or None when it is not frame-like."""
+    """The value as the DataFrame of the answer and the cache, or None when it is not
+    frame-like. Its index is kept: the cache keeps it, ``protocol.answer_columns`` decides
+    what of it the answer shows."""
     import pandas as pd
 
     if isinstance(value, pd.Series):
         value = value.to_frame(name=value.name if value.name is not None else "value")
     if not isinstance(value, pd.DataFrame):
         return None
-    index = value.index
-    if not (
-        isinstance(index, pd.RangeIndex)
-        and index.start == 0
-        and index.step == 1
-        and index.name is None
-    ):
-        # A meaningful index (groupby keys, a named index) is data the caller needs.
-        value = value.reset_index()
     if isinstance(value.columns, pd.MultiIndex):
         value = value.set_axis(["_".join(map(str, c)).strip("_") for c in value.columns], axis=1)
     return value
 
 
-def _loose_table(frame: Any) -> Any:
-    """A table of any frame, for its preview only: column by column, text where Arrow
-    cannot hold a column (duplicate or odd names are kept as text)."""
+def _field_dtypes(frame: Any) -> list[str]:
+    """The pandas dtype of each column of ``protocol.arrow_table(frame)``: the data columns,
+    then the index levels (where pyarrow puts those it stores)."""
+    index = frame.index
+    levels = [str(index.get_level_values(i).dtype) for i in range(index.nlevels)]
+    return [str(t) for t in frame.dtypes] + levels
+
+
+def _loose_table(frame: Any) -> tuple[Any, list[str]]:
+    """A table of any frame as an answer shows it, for its preview only, and its dtypes:
+    column by column, text where Arrow cannot hold a column (duplicate or odd names are
+    kept as text)."""
     import pyarrow as pa
 
+    index = frame.index
+    columns: list[tuple[str, Any]] = []
+    if protocol.index_shown(list(index.names), index.inferred_type == "integer"):
+        names = protocol.index_names(list(index.names), {str(c) for c in frame.columns})
+        columns += [(name, index.get_level_values(i)) for i, name in enumerate(names)]
+    columns += [(str(c), frame.iloc[:, i]) for i, c in enumerate(frame.columns)]
     arrays = []
-    for i in range(frame.shape[1]):
-        column = frame.iloc[:, i]
+    for _, values in columns:
         try:
-            arrays.append(pa.array(column, from_pandas=True))
+            arrays.append(pa.array(values, from_pandas=True))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
-            arrays.append(pa.array(column.astype(str), from_pandas=True))
-    return pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns])
+            arrays.append(pa.array(values.astype(str), from_pandas=True))
+    table = pa.Table.from_arrays(arrays, names=[name for name, _ in columns])
+    return table, [str(values.dtype) for _, values in columns]
+
+
+def frame_answer(frame: Any, table: Any, max_rows: int) -> protocol.TablePayload:
+    """Preview, row count, types and statistics of what an answer shows of ``frame``: the
+    answer's columns of ``table``, its ``protocol.arrow_table``, or when Arrow could not
+    hold the frame (``table`` None) the same columns taken one by one."""
+    if table is None:
+        preview, dtypes = _loose_table(frame)
+    else:
+        plan = protocol.answer_columns(table.schema)
+        fields = _field_dtypes(frame)
+        preview, dtypes = protocol.shown(table, plan), [fields[i] for i, _ in plan]
+    return protocol.table_payload(preview, max_rows, dtypes)
 
 
 def _scalar_payload(value: Any) -> protocol.ResultPayload:
@@ -119,11 +162,11 @@ class ResultCapture:
         return _Payload(protocol.encode_payload(payload))
 
     def _frame_payload(self, frame: Any, max_rows: int) -> protocol.ResultPayload:
-        """Preview and statistics of the table the cache gets, and the frame's cache key
-        (or why there is none: no broker, over a cap, the quota, columns Arrow cannot hold)."""
+        """Preview and statistics of the answer's columns of the table the cache gets, and
+        the frame's cache key (or why there is none: no broker, over a cap, the quota,
+        columns Arrow cannot hold)."""
         from dataexec_kernel.frames import note_cached
 
-        dtypes = [str(t) for t in frame.dtypes]
         key, cache_error, table = None, None, None
         try:
             table = protocol.arrow_table(frame)
@@ -135,10 +178,9 @@ class ResultCapture:
                 note_cached(frame, key)
             except DataExecError as exc:
                 cache_error = {"type": exc.type, "message": exc.message}
-        preview = table if table is not None else _loose_table(frame)
         payload: protocol.ResultPayload = {
             "kind": "dataframe",
-            **protocol.table_payload(preview, max_rows, dtypes),  # type: ignore[typeddict-item]
+            **frame_answer(frame, table, max_rows),  # type: ignore[typeddict-item]
             "cache_key": key,
             "cache_error": cache_error,
         }

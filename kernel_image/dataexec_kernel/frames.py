@@ -6,10 +6,12 @@ DataFrame bound to a public name in the namespace is described
 (rows, columns, dtypes, in-memory bytes) and, smallest first within the session's budget,
 sent to the cache unless it is unchanged since its last checkpoint. A frame that is in the
 cache already (the cell's result, or a frame just loaded by key) keeps that key rather than
-being sent again.
+being sent again. A checkpoint is the frame with its index (``protocol.arrow_table``), so a
+restored frame equals the one checkpointed: index, columns and dtypes.
 
 "Unchanged" is judged by a fingerprint: the object, its shape, columns, dtypes and a hash of
-up to ``SAMPLE_ROWS`` rows spread over the frame. An in-place edit of a few values that
+up to ``SAMPLE_ROWS`` rows spread over the frame, index labels included (a checkpoint keeps
+the index, so a new index alone is a change). An in-place edit of a few values that
 the sample misses is not seen until the frame changes otherwise; rebinding the name, adding
 or dropping rows or columns, or changing a dtype always is.
 
@@ -35,7 +37,7 @@ def fingerprint(frame: Any) -> tuple[Any, ...]:
     rows = len(frame)
     step = max(1, rows // SAMPLE_ROWS)
     try:
-        sample = int(pd.util.hash_pandas_object(frame.iloc[::step], index=False).sum())
+        sample = int(pd.util.hash_pandas_object(frame.iloc[::step], index=True).sum())
     except (TypeError, ValueError):  # unhashable cells (lists, dicts): shape and dtypes only
         sample = None
     dtypes = tuple(str(t) for t in frame.dtypes)

@@ -84,7 +84,10 @@ def describe() -> str:
 
 
 def save(frame: Any, name: str | None = None) -> str:
-    """Keep ``frame`` in the cache and return its key (usable by ``load`` and downloads)."""
+    """Keep ``frame`` in the cache and return its key (usable by ``load`` and downloads).
+
+    The frame is kept with its index (``protocol.arrow_table``): ``load`` gives it back.
+    """
     import pandas as pd
 
     if isinstance(frame, pd.Series):
@@ -110,7 +113,8 @@ def fetch_arrow(query: str, params: dict[str, Any] | None = None) -> Any:
 
 
 def load(key: str) -> Any:
-    """The cached frame of ``key`` (of this tenant) as a DataFrame."""
+    """The cached frame of ``key`` (of this tenant) as a DataFrame: the frame that was cached,
+    its index, columns and dtypes restored from the table's pandas metadata."""
     if not isinstance(key, str):
         raise TypeError("load() takes a cache key string")
     client = _client()

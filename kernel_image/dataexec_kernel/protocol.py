@@ -24,6 +24,9 @@ must agree on is here, once:
 - **Error types.** The type string of each kernel exception (``SQL_NOT_ALLOWED``,
   ``TIMEOUT``, ...) as the server's error tree names it, found by the exception's name in
   an execute reply (``error_type``).
+- **Frames as Arrow**: a DataFrame with its index and pandas metadata (``arrow_table``),
+  which is what the cache keeps, and which of a table's columns an answer, a CSV or a JSON
+  download shows (``answer_columns``: a remnant row-number index is left out).
 - **Result statistics and preview**, computed from Arrow by one implementation
   (``table_payload``), whether the table came from the database in the server or from a
   DataFrame in a kernel.
@@ -191,14 +194,109 @@ def error_type(ename: str) -> str | None:
 
 
 def arrow_table(frame: Any) -> Any:
-    """A DataFrame as a pyarrow Table (mixed-type object columns kept, as text)."""
+    """A DataFrame as a pyarrow Table with its index and pandas metadata, so that
+    ``to_pandas()`` gives the same frame back (mixed-type object columns kept, as text).
+
+    pyarrow stores an index as columns after the data columns (an unnamed level is called
+    ``__index_level_<i>__``), except an unnamed RangeIndex, which is metadata only. A named
+    RangeIndex is stored as a column: an answer shows it (``answer_columns``).
+    """
+    import pandas as pd
     import pyarrow as pa
 
+    keep = True if isinstance(frame.index, pd.RangeIndex) and frame.index.name is not None else None
     try:
-        return pa.Table.from_pandas(frame, preserve_index=False)
+        return pa.Table.from_pandas(frame, preserve_index=keep)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
         loose = [c for c in frame.columns if frame[c].dtype == object]
-        return pa.Table.from_pandas(frame.astype({c: str for c in loose}), preserve_index=False)
+        return pa.Table.from_pandas(frame.astype({c: str for c in loose}), preserve_index=keep)
+
+
+# pandas metadata's ``pandas_type`` of an integer column (not "interval", which also
+# begins with "int").
+INTEGER_TYPES = frozenset(f"{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64))
+
+
+def index_shown(names: Sequence[Any], integer: bool) -> bool:
+    """Whether an index with these level ``names`` becomes columns of an answer.
+
+    Only an unnamed single-level integer index is left out: the row numbers filtering,
+    sorting or sampling leave behind (see ``dataexec_kernel.capture`` for the rule).
+    """
+    return len(names) > 1 or names[0] is not None or not integer
+
+
+def index_names(names: Sequence[Any], taken: set[str]) -> list[str]:
+    """The column names of index levels, as ``reset_index`` gives them (the level's name,
+    else ``index`` for a single level and ``level_<i>`` in a MultiIndex), made unique among
+    ``taken`` rather than refused as ``reset_index`` does."""
+    chosen = []
+    for i, name in enumerate(names):
+        fallback = "index" if len(names) == 1 else f"level_{i}"
+        candidate = str(name) if name is not None else fallback
+        if candidate in taken:
+            candidate = fallback
+        base, n = candidate, 1
+        while candidate in taken:
+            candidate, n = f"{base}_{n}", n + 1
+        taken.add(candidate)
+        chosen.append(candidate)
+    return chosen
+
+
+def answer_columns(schema: Any) -> list[tuple[int, str]]:
+    """Which columns of a table an answer shows, in order, as (position, name).
+
+    A table without pandas metadata (SQL results) is shown as it is. A frame's table shows
+    its index levels first, under ``reset_index``'s names, unless ``index_shown`` says the
+    index is a remnant; then its data columns.
+    """
+    names = list(schema.names)
+    data = list(enumerate(names))
+    metadata = _pandas_metadata(schema)
+    if metadata is None:
+        return data
+    stored = [f for f in _listed(metadata, "index_columns") if isinstance(f, str) and f in names]
+    described = {
+        c.get("field_name"): c for c in _listed(metadata, "columns") if isinstance(c, dict)
+    }
+    levels = [described.get(f, {}) for f in stored]
+    data = [(i, name) for i, name in data if name not in stored]
+    integer = len(levels) == 1 and levels[0].get("pandas_type") in INTEGER_TYPES
+    level_names = [level.get("name") for level in levels]
+    if not stored or not index_shown(level_names, integer):
+        return data
+    shown = index_names(level_names, {name for _, name in data})
+    return [(names.index(f), n) for f, n in zip(stored, shown, strict=True)] + data
+
+
+def _pandas_metadata(schema: Any) -> dict[str, Any] | None:
+    """The pandas metadata of a schema, or None when there is none that reads as such (an
+    uploaded table may carry anything under that key)."""
+    try:
+        metadata = schema.pandas_metadata
+    except ValueError:  # not JSON
+        return None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def _listed(metadata: dict[str, Any], key: str) -> list[Any]:
+    value = metadata.get(key)
+    return value if isinstance(value, list) else []
+
+
+def shown(data: Any, plan: Sequence[tuple[int, str]]) -> Any:
+    """The columns of ``plan`` (``answer_columns``) of a Table or RecordBatch, without the
+    pandas metadata (what is left is no longer the frame)."""
+    return type(data).from_arrays([data.column(i) for i, _ in plan], names=[n for _, n in plan])
+
+
+def answer_table(table: Any) -> Any:
+    """What an answer shows of ``table``: ``answer_columns`` of it."""
+    plan = answer_columns(table.schema)
+    if plan == list(enumerate(table.column_names)):
+        return table  # all of it (a SQL result): no copy
+    return shown(table, plan)
 
 
 # --- result statistics and preview ---------------------------------------------------------

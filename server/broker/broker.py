@@ -104,7 +104,7 @@ class Broker:
     async def _check(self, query: str, params: dict[str, Any] | None) -> str:
         """The guard, off the event loop (parameter names too: see check_query)."""
         return await asyncio.to_thread(
-            check_query, query, self.database.dialect, params=tuple(params or ())
+            check_query, query, self.database.backend, params=tuple(params or ())
         )
 
     async def query_table(

@@ -7,7 +7,9 @@ running waits for it. A write that fails marks the key failed, and reads then sa
 Files live under ``<state_dir>/cache/<tenant digest>/<key>.parquet``: the path is built from
 the key (checked to be a UUID) and a digest of the tenant name, never from user input. The
 index (tenant, status, shape, schema, lineage, created, last used, expiry) is the store's
-``cache_entries`` table. Another tenant's key is simply unknown (``NOT_FOUND``).
+``cache_entries`` table. Another tenant's key is simply unknown (``NOT_FOUND``). A frame is
+kept with its index (pandas metadata); the index records the columns an answer shows of
+it (``protocol.answer_columns``).
 
 Retention: every tenant has a quota of Parquet bytes (checkpoints included) and every key a
 TTL. A spill reserves about the frame's Arrow size (Parquet is rarely larger) before it answers;
@@ -33,6 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
+from dataexec_kernel.protocol import answer_columns
 
 from server import clock
 from server.cache.lineage import upload_lineage
@@ -87,6 +90,7 @@ class Cache:
         """
         key = str(uuid.uuid4())
         relative = self._path(tenant, key)
+        columns = answer_columns(table.schema)
         now = clock.now()
         entry = CacheEntry(
             key=key,
@@ -94,8 +98,9 @@ class Cache:
             session_id=session_id,
             status="pending",
             rows=table.num_rows,
-            columns=table.column_names,
-            schema=[{"name": f.name, "type": str(f.type)} for f in table.schema],
+            # What the answer showed of the frame: no remnant row-number index.
+            columns=[name for _, name in columns],
+            schema=[{"name": name, "type": str(table.schema.field(i).type)} for i, name in columns],
             bytes=None,
             path=str(relative),
             created=now,

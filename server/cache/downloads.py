@@ -3,6 +3,11 @@
 Parquet is sent in chunks as it is on disk; the other formats are converted record batch by
 record batch, so a frame of any size is never built in server memory as one string.
 ``chunks`` is a blocking iterator: callers take each chunk off the event loop.
+
+Parquet and Arrow are the frame as cached, index and pandas metadata included, so that
+pandas (and the analysts' client's ``load``) reads back the very frame the kernel had. CSV
+and JSON are tables without an index: they hold the columns the answer showed
+(``protocol.answer_columns``), a remnant row-number index left out.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from dataexec_kernel.protocol import ARROW_STREAM, json_value
+from dataexec_kernel.protocol import ARROW_STREAM, answer_columns, json_value, shown
 
 CHUNK = 1024 * 1024
 BATCH_ROWS = 65_536
@@ -31,6 +36,12 @@ def _batches(path: Path) -> Iterator[pa.RecordBatch]:
     yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS)
 
 
+def _answer_batches(path: Path) -> tuple[list[str], Iterator[pa.RecordBatch]]:
+    """The column names and batches of the answer's columns of the frame at ``path``."""
+    plan = answer_columns(pq.read_schema(path))
+    return [name for _, name in plan], (shown(batch, plan) for batch in _batches(path))
+
+
 def _arrow(path: Path) -> Iterator[bytes]:
     schema = pq.read_schema(path)
     sink = io.BytesIO()
@@ -44,8 +55,9 @@ def _arrow(path: Path) -> Iterator[bytes]:
 
 
 def _csv(path: Path) -> Iterator[bytes]:
+    _, batches = _answer_batches(path)
     header = True
-    for batch in _batches(path):
+    for batch in batches:
         sink = io.BytesIO()
         pa_csv.write_csv(batch, sink, pa_csv.WriteOptions(include_header=header))
         header = False
@@ -53,10 +65,10 @@ def _csv(path: Path) -> Iterator[bytes]:
 
 
 def _json(path: Path) -> Iterator[bytes]:
-    columns = pq.read_schema(path).names
+    columns, batches = _answer_batches(path)
     yield b'{"columns":' + orjson.dumps(columns) + b',"rows":['
     first = True
-    for batch in _batches(path):
+    for batch in batches:
         rows = zip(*[col.to_pylist() for col in batch.columns], strict=True)
         body = b",".join(orjson.dumps([json_value(v) for v in row]) for row in rows)
         if body:

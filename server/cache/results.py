@@ -4,7 +4,8 @@ A payload is what the kernel protocol computes for a frame (``protocol.ResultPay
 kernel's result capture for its frames, ``table_result`` here for a table the server holds
 (SQL without a session). Preview, row count, types and statistics come from the protocol's
 one Arrow implementation either way; ``type`` is the pandas dtype each column has once the
-table is a DataFrame (what the same query gives inside a kernel).
+table is a DataFrame (what the same query gives inside a kernel). A frame's remnant
+row-number index is never part of an answer (``protocol.answer_columns``).
 """
 
 from __future__ import annotations
@@ -37,5 +38,7 @@ def answer(payload: protocol.ResultPayload) -> dict[str, Any]:
 
 
 def table_result(table: pa.Table, max_rows: int) -> dict[str, Any]:
-    """The answer for a result table the server holds (its cache key is set by the caller)."""
-    return answer({"kind": "dataframe", **protocol.table_payload(table, max_rows)})  # type: ignore[typeddict-item]
+    """The answer for a result table the server holds (its cache key is set by the caller):
+    the columns an answer shows of it (a SQL result's are all of them)."""
+    shown = protocol.answer_table(table)
+    return answer({"kind": "dataframe", **protocol.table_payload(shown, max_rows)})  # type: ignore[typeddict-item]

@@ -250,6 +250,22 @@ class CacheMeta(Struct, forbid_unknown_fields=True):
     lineage: dict[str, Any]
 
 
+class DatabaseGuarantees(Struct, forbid_unknown_fields=True):
+    read_only: str
+    timeout: str
+    cancel: str
+    arrow_path: str
+    profile_source: str
+
+
+class DatabaseInfo(Struct, forbid_unknown_fields=True):
+    dialect: Annotated[str, Meta(description="SQLAlchemy's name: postgresql, mysql, mariadb")]
+    driver: str
+    path: Annotated[str, Meta(description="the row of docs/databases.md that applies")]
+    tls: Annotated[str, Meta(description="the TLS mode asked for, or 'driver default'")]
+    guarantees: DatabaseGuarantees
+
+
 class Health(Struct, kw_only=True):
     status: Literal["ok", "starting", "stopping"]
     db_dialect: str
@@ -257,6 +273,7 @@ class Health(Struct, kw_only=True):
     sandbox: str | None = None
     pools: dict[str, dict[str, Any]] | None = None
     sessions: int | None = None
+    database: DatabaseInfo | None = None
 
 
 class Pools(Struct):

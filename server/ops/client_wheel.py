@@ -29,6 +29,7 @@ EXTRAS = {
         "adbc-driver-manager",
         "adbc-driver-postgresql",
     ),
+    "mysql": ("SQLAlchemy>=2.0", "mysqlclient"),
     "adbc": ("adbc-driver-manager",),
 }
 SUMMARY = (

@@ -9,7 +9,9 @@ which every money column is. ``plain`` maps them, once per result, to what
   column, which no decimal can hold, becomes null);
 - ``numeric`` without a precision (or past 38 digits): ``float64`` (``NaN`` and
   ``Infinity`` are valid numerics and become floats too);
-- any other opaque type (PostGIS geometry, ranges, ...): its text, a plain string.
+- any other opaque type (PostGIS geometry, ranges, ...): its text, a plain string;
+- ``interval``: ``duration[us]`` (a pandas ``timedelta64``), a month counted as 30 days as
+  psycopg2 does (Parquet and pandas hold no month-day-nano interval).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def _numeric_type(field: pa.Field) -> pa.DataType:
 
 def _target(field: pa.Field) -> pa.DataType | None:
     kind = field.type
+    if kind == pa.month_day_nano_interval():
+        return pa.duration("us")
     if not isinstance(kind, pa.OpaqueType):
         return None
     if kind.type_name == "numeric":
@@ -48,7 +52,20 @@ def _target(field: pa.Field) -> pa.DataType | None:
 NOT_DECIMAL = pa.array(["NaN", "Infinity", "-Infinity"])
 
 
+def _interval_as_duration(column: pa.Array) -> pa.Array:
+    """Intervals as microseconds, a month counted as 30 days (as psycopg2's timedelta)."""
+    micros = [
+        None
+        if value is None
+        else ((value.months * 30 + value.days) * 86_400_000_000 + value.nanoseconds // 1000)
+        for value in column.to_pylist()
+    ]
+    return pa.array(micros, pa.int64()).cast(pa.duration("us"))
+
+
 def _cast(column: pa.Array, target: pa.DataType) -> pa.Array:
+    if column.type == pa.month_day_nano_interval():
+        return _interval_as_duration(column)
     storage = column.storage if isinstance(column, pa.ExtensionArray) else column
     if pa.types.is_decimal(target):
         storage = pc.if_else(pc.is_in(storage, NOT_DECIMAL), None, storage)

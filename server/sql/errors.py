@@ -1,13 +1,16 @@
 """Driver and SQLAlchemy errors of the analysed database, translated into ours: once, here.
 
-``DriverErrors(url, timeout_s)`` classifies an exception from psycopg2, ADBC, SQLite or
-SQLAlchemy:
+``DriverErrors(url, timeout_s)`` classifies an exception from psycopg2, ADBC, mysqlclient,
+SQLite or SQLAlchemy (SQLSTATEs for PostgreSQL, error numbers for MariaDB/MySQL):
 
-- a cancelled statement (``57014``, "statement timeout", SQLite's "interrupted") is
-  ``ExecutionTimeout``; one cancelled by us ("due to user request") is ``ExecutionError``;
-- a refused write or missing privilege (``25006``, ``42501``) is ``SqlNotAllowed``;
-- a lost or refused connection or login (``08*``, ``28*``, ``57P*``, ``53*``, any failure
-  to connect, the texts of ``dataexec_kernel.errors.CONNECTION_FAILURES``) is
+- a cancelled statement (``57014``, "statement timeout", SQLite's "interrupted", MariaDB's
+  1969, MySQL's 3024) is ``ExecutionTimeout``; one cancelled by us ("due to user request",
+  ``KILL QUERY``'s 1317) is ``ExecutionError``;
+- a refused write or missing privilege (``25006``, ``42501``, 1142, 1792, ...) is
+  ``SqlNotAllowed``;
+- a lost or refused connection or login (``08*``, ``28*``, ``57P*``, ``53*``, 1045, 2003,
+  2026, ..., any failure to connect, the texts of
+  ``dataexec_kernel.errors.CONNECTION_FAILURES``) is
   ``DatabaseUnavailable``, naming host and database;
 - anything else is the user's query failing (``ExecutionError`` with the driver's message)
   or, for the server's own queries (schema, profiles), an internal error whose detail goes
@@ -37,6 +40,11 @@ from server.errors import (
 
 log = logging.getLogger(__name__)
 
+# MariaDB/MySQL error numbers (mysqlclient puts them first in the exception's args).
+MYSQL_TIMEOUT = {1969, 3024}  # max_statement_time, max_execution_time exceeded
+MYSQL_INTERRUPTED = 1317  # KILL QUERY
+MYSQL_REFUSED = {1044, 1142, 1143, 1227, 1370, 1792}  # denied; read-only transaction
+MYSQL_UNAVAILABLE = {1040, 1045, 1129, 1130, 1203, 1226, 1251, 2002, 2003, 2005, 2006, 2013, 2026}
 SQLSTATE_CANCELED = "57014"
 SQLSTATE_READ_ONLY = "25006"
 SQLSTATE_PRIVILEGE = "42501"
@@ -82,15 +90,17 @@ class DriverErrors:
         sqlstate = str(
             getattr(original, "sqlstate", None) or getattr(original, "pgcode", None) or ""
         )
-        text = scrub(str(original).strip(), self.url)
+        code = _mysql_code(original)
+        text = scrub(_driver_text(original, code).strip(), self.url)
         message = text.splitlines()[0] if text else type(original).__name__
         invalidated = isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
-        if "due to user request" in message:
+        if "due to user request" in message or code == MYSQL_INTERRUPTED:
             return ExecutionError(
                 "the query was cancelled", ename="QueryCancelled", evalue=message, traceback=[]
             )
         if (
             sqlstate == SQLSTATE_CANCELED
+            or code in MYSQL_TIMEOUT
             or "statement timeout" in message
             or ("interrupted" in message)
         ):
@@ -99,6 +109,7 @@ class DriverErrors:
             return ExecutionTimeout(f"the query exceeded the {self.timeout_s:g} s limit")
         if (
             invalidated
+            or code in MYSQL_UNAVAILABLE
             or sqlstate.startswith(("08", "28", "57P", "53"))
             or is_connection_failure(message)
         ):
@@ -106,7 +117,11 @@ class DriverErrors:
         if what is not None:
             log.warning("%s failed: %s", what, text)
             return DataExecError(f"{what} failed on the database")
-        if sqlstate in (SQLSTATE_READ_ONLY, SQLSTATE_PRIVILEGE) or "readonly" in message:
+        if (
+            sqlstate in (SQLSTATE_READ_ONLY, SQLSTATE_PRIVILEGE)
+            or code in MYSQL_REFUSED
+            or "readonly" in message
+        ):
             return SqlNotAllowed(f"the database refused: {message}")
         return ExecutionError(
             f"the database failed the query: {message}",
@@ -144,8 +159,22 @@ class DriverErrors:
     def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
         """The database cannot be reached (or refused the login): where, and why."""
         original = getattr(exc, "orig", None) or exc
-        lines = scrub(str(original).strip(), self.url).splitlines()
+        text = _driver_text(original, _mysql_code(original))
+        lines = scrub(text.strip(), self.url).splitlines()
         reason = lines[0] if lines else type(original).__name__
         return DatabaseUnavailable(
             f"cannot reach the database at {describe_target(self.url)}: {reason}"
         )
+
+
+def _mysql_code(original: BaseException) -> int | None:
+    """The MariaDB/MySQL error number of a mysqlclient exception, else None."""
+    args = getattr(original, "args", ())
+    if type(original).__module__.startswith("MySQLdb") and args and isinstance(args[0], int):
+        return args[0] if len(args) > 1 else None
+    return None
+
+
+def _driver_text(original: BaseException, mysql_code: int | None) -> str:
+    """The driver's message (mysqlclient's without its ``(code, "...")`` tuple form)."""
+    return str(original.args[1]) if mysql_code is not None else str(original)

@@ -243,6 +243,7 @@ def _check_tokens(
     _check_single_statement(tokens)
     _check_depth(tokens, max_depth)
     _check_lexical(sql, tokens, pg_lexer=pg_lexer)
+    _check_into(tokens)
     if params:
         _check_bind_markers(tokens, set(params))
     denied = _deny_lists().functions
@@ -320,6 +321,25 @@ def _check_lexical(sql: str, tokens: list[Token], *, pg_lexer: bool) -> None:
         for comment in token.comments:
             if comment.startswith("!"):
                 raise SqlNotAllowed("executable comments (/*! ... */) are not allowed")
+
+
+def _check_into(tokens: list[Token]) -> None:
+    """Refuse ``INTO`` in a query by name, before a dialect fails to parse it.
+
+    MySQL's ``SELECT ... INTO OUTFILE``/``DUMPFILE`` writes a file on the database server
+    and ``INTO @var`` sets a variable; sqlglot parses some of these forms and not others,
+    so the refusal says what they are instead of "could not parse".
+    """
+    for before, token, following in zip(tokens, tokens[1:], tokens[2:], strict=False):
+        # INSERT INTO inside a query is a data-modifying CTE: the tree walk names it.
+        if token.token_type.name == "INTO" and before.token_type.name != "INSERT":
+            target = following.text.upper()
+            if target in ("OUTFILE", "DUMPFILE"):
+                raise SqlNotAllowed(
+                    f"SELECT ... INTO {target} is not allowed: it writes a file on the "
+                    "database server"
+                )
+            raise SqlNotAllowed("SELECT INTO is not allowed: it creates a table or sets variables")
 
 
 def _check_bind_markers(tokens: list[Token], params: set[str]) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 BUCKETS = 10
+INT64_MAX = np.iinfo(np.int64).max
 
 
 class Axis:
@@ -58,7 +59,10 @@ class Axis:
         kind, type_ = self.kind, values.type
         with contextlib.suppress(pa.ArrowException, TypeError, ValueError):
             if kind == "integer" and pa.types.is_integer(type_):
-                return values.to_numpy(zero_copy_only=False).astype(np.int64)
+                numbers = values.to_numpy(zero_copy_only=False)
+                if numbers.dtype == np.uint64 and len(numbers) and numbers.max() > INT64_MAX:
+                    return self._past_int64(numbers)
+                return numbers.astype(np.int64)
             if kind == "number" and (
                 pa.types.is_integer(type_)
                 or pa.types.is_floating(type_)
@@ -79,7 +83,15 @@ class Axis:
                 micros = values.cast(pa.timestamp("us", type_.tz)).cast(pa.int64())
                 return micros.to_numpy(zero_copy_only=False) / 1e6
         points = self.points(values.to_pylist())
-        return np.asarray(points, dtype=np.int64 if self.integer else np.float64)
+        try:
+            return np.asarray(points, dtype=np.int64 if self.integer else np.float64)
+        except OverflowError:
+            return self._past_int64(points)
+
+    def _past_int64(self, points: Sequence[Any]) -> np.ndarray:
+        """Whole numbers past int64 (MySQL's BIGINT UNSIGNED): floats from here on."""
+        self.integer, self.render = False, float
+        return np.asarray(points, dtype=np.float64)
 
     def histogram(
         self,

@@ -12,8 +12,10 @@ Few queries, whatever the size of the catalog: on PostgreSQL one catalog query f
 relations the role may read (``has_schema_privilege`` and ``has_any_column_privilege``),
 with their comments and ``pg_class.reltuples``; then, per schema, SQLAlchemy's bulk
 reflection (``get_multi_columns``, ``get_multi_pk_constraint``, ``get_multi_foreign_keys``)
-limited to those names. Partitions are left out (their parent is listed). Other dialects
-use the Inspector for the list too, and give no row estimate.
+limited to those names. Partitions are left out (their parent is listed). On MariaDB/MySQL
+one ``information_schema.TABLES`` query does the same (its ``TABLE_ROWS`` the estimate;
+each database the user may read is a schema). Other dialects use the Inspector for the
+list too, and give no row estimate.
 
 Everything here is synchronous (callers run it in a thread); SQLAlchemy and driver errors
 are translated by ``server.sql.errors``.
@@ -53,6 +55,20 @@ _PG_RELATIONS = sa.text(
     ORDER BY n.nspname, c.relname
     """
 )
+
+# Every database but MariaDB/MySQL's own: TABLES lists only what the user may see. TABLE_ROWS
+# is InnoDB's estimate (exact for MyISAM); a view's TABLE_COMMENT is the word "VIEW".
+_MYSQL_RELATIONS = sa.text(
+    """
+    SELECT TABLE_SCHEMA AS `schema`, TABLE_NAME AS name, TABLE_TYPE AS type,
+           TABLE_ROWS AS row_estimate, TABLE_COMMENT AS comment
+    FROM information_schema.TABLES
+    WHERE TABLE_TYPE IN ('BASE TABLE', 'VIEW')
+      AND TABLE_SCHEMA NOT IN ('information_schema', 'mysql', 'performance_schema', 'sys')
+    ORDER BY TABLE_SCHEMA, TABLE_NAME
+    """
+)
+MYSQL_DIALECTS = ("mysql", "mariadb")
 
 _PG_TYPE_NAMES = sa.text(
     """
@@ -101,6 +117,18 @@ def readable_relations(conn: sa.Connection, inspector: Inspector) -> list[Relati
             )
             for row in conn.execute(_PG_RELATIONS)
         ]
+    if conn.dialect.name in MYSQL_DIALECTS:
+        return [
+            Relation(
+                schema=row.schema,
+                name=row.name,
+                kind="view" if row.type == "VIEW" else "table",
+                qualified=qualified_name(row.schema, row.name, default),
+                row_estimate=None if row.type == "VIEW" else _int_or_none(row.row_estimate),
+                comment=(row.comment or None) if row.type != "VIEW" else None,
+            )
+            for row in conn.execute(_MYSQL_RELATIONS)
+        ]
     relations = []
     for schema in inspector.get_schema_names():
         if schema.lower() in SYSTEM_SCHEMAS or schema.lower().startswith("pg_"):
@@ -113,6 +141,10 @@ def readable_relations(conn: sa.Connection, inspector: Inspector) -> list[Relati
                 qualified = qualified_name(schema, name, default)
                 relations.append(Relation(schema, name, kind, qualified))
     return relations
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def type_string(type_: Any, dialect: sa.Dialect) -> str:
@@ -159,7 +191,7 @@ def _describe(
         primary = _by_name(inspector.get_multi_pk_constraint(**options))
         foreign = _by_name(inspector.get_multi_foreign_keys(**options))
     comments: dict[str, Any] = {}
-    if conn.dialect.name != "postgresql" and conn.dialect.supports_comments:
+    if conn.dialect.name not in ("postgresql", *MYSQL_DIALECTS) and conn.dialect.supports_comments:
         with contextlib.suppress(NotImplementedError):
             comments = _by_name(inspector.get_multi_table_comment(**options))
     dialect = conn.dialect

@@ -113,7 +113,7 @@ def profile_table(
         if postgres:
             body = _profile_postgres(conn, relation, table, columns, sample_rows)
         else:
-            body = _read_rows(conn, table, columns, sample_rows, row_estimate=None)
+            body = _read_rows(conn, table, columns, sample_rows, relation.row_estimate)
         conn.rollback()
     return {
         "table_name": relation.qualified,

@@ -177,3 +177,28 @@ REJECTED = [
     ),
     pytest.param("SELECT 1 := 2", "assignments", id="assignment"),
 ]
+
+# MySQL's and MariaDB's own write, file and wait paths (the guard parses these as MySQL).
+MYSQL_REJECTED = [
+    pytest.param("SELECT * FROM t INTO OUTFILE '/tmp/x'", "OUTFILE", id="into-outfile"),
+    pytest.param("SELECT a INTO DUMPFILE '/tmp/x' FROM t", "DUMPFILE", id="into-dumpfile"),
+    pytest.param("SELECT a INTO @v FROM t", "INTO", id="into-variable"),
+    pytest.param("SELECT LOAD_FILE('/etc/passwd')", "LOAD_FILE", id="load-file"),
+    pytest.param("LOAD DATA INFILE '/etc/passwd' INTO TABLE t", "LOAD", id="load-data"),
+    pytest.param("SELECT SLEEP(5)", "SLEEP", id="sleep"),
+    pytest.param("SELECT BENCHMARK(100000000, MD5('a'))", "BENCHMARK", id="benchmark"),
+    pytest.param("SELECT GET_LOCK('x', 10)", "GET_LOCK", id="get-lock"),
+    pytest.param("SELECT MASTER_GTID_WAIT('0-1-100')", "MASTER_GTID_WAIT", id="gtid-wait"),
+    pytest.param("SELECT @a := 1", "assignments", id="user-variable-assignment"),
+    pytest.param("SET @a = 1", "SET", id="set-user-variable"),
+    pytest.param("HANDLER t OPEN", "HANDLER", id="handler"),
+    pytest.param("DO SLEEP(1)", "DO", id="do"),
+    pytest.param("SELECT * FROM t FOR UPDATE", "FOR UPDATE", id="for-update"),
+    pytest.param("SELECT * FROM t LOCK IN SHARE MODE", "FOR SHARE", id="lock-in-share-mode"),
+    pytest.param("SELECT 1 /*! , LOAD_FILE('/etc/passwd') */", "executable", id="exec-comment"),
+    pytest.param("SELECT * FROM information_schema.processlist", "processlist", id="processlist"),
+    pytest.param("REPLACE INTO t VALUES (1)", "REPLACE", id="replace"),
+    pytest.param("INSERT INTO t VALUES (1) ON DUPLICATE KEY UPDATE a = 2", "INSERT", id="upsert"),
+    pytest.param("DELETE FROM t", "DELETE", id="delete"),
+    pytest.param("SELECT 1; DROP TABLE t", "more than one", id="stacked"),
+]

@@ -77,9 +77,11 @@ def test_replaced_systems_database_names_build_a_url() -> None:
         "DB_SSL_MODE": "require",
     }
     settings = load_settings(env=env)
+    # psycopg2, the driver DataExec ships (SQLAlchemy 2.1 would pick psycopg 3 for a bare URL)
     assert settings.database_url == (
-        "postgresql://reader:p%40ss%3Aword@db.internal:5433/analytics?sslmode=require"
+        "postgresql+psycopg2://reader:p%40ss%3Aword@db.internal:5433/analytics"
     )
+    assert settings.database_ssl_mode == "require"
     assert settings.db_dialect == "postgresql"
     assert load_settings(env={"DATAEXEC_DATABASE_URL": "sqlite:///x.db", **env}).db_dialect == (
         "sqlite"
@@ -183,3 +185,59 @@ def test_every_setting_is_documented() -> None:
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", text, re.M))
     declared = {s.name for s in (*SETTINGS, *POOL_SETTINGS, *TENANT_SETTINGS)}
     assert documented == declared, documented ^ declared
+
+
+@pytest.mark.parametrize(
+    ("dialect", "url"),
+    [
+        ("mysql", "mysql+mysqldb://reader:pw@db.internal:3306/analytics"),
+        ("mariadb", "mariadb+mysqldb://reader:pw@db.internal:3306/analytics"),
+        ("postgres", "postgresql+psycopg2://reader:pw@db.internal:3306/analytics"),
+    ],
+)
+def test_each_shipped_dialect_gets_the_driver_we_ship(dialect: str, url: str) -> None:
+    env = {
+        "DB_DIALECT": dialect,
+        "DB_HOST": "db.internal",
+        "DB_PORT": "3306",
+        "DB_USER": "reader",
+        "DB_PASSWORD": "pw",
+        "DB_NAME": "analytics",
+    }
+    assert load_settings(env=env).database_url == url
+    bare = url.replace("+psycopg2", "").replace("+mysqldb", "")
+    assert load_settings(env={"DATAEXEC_DATABASE_URL": bare}).database_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql+psycopg://u:secret@h/d", "driver of 'postgresql+psycopg' is not installed"),
+        ("mysql+pymysql://u:secret@h/d", "driver of 'mysql+pymysql' is not installed"),
+        ("nosuchdb://u:secret@h/d", "no dialect 'nosuchdb'"),
+        ("not a url", "expected a SQLAlchemy URL"),
+    ],
+)
+def test_a_url_whose_driver_cannot_load_is_one_line_of_the_config_error(
+    url: str, says: str
+) -> None:
+    found = "\n".join(problems({"DATAEXEC_DATABASE_URL": url}))
+    assert says in found
+    assert "secret" not in found
+
+
+def test_tls_files_must_exist_and_come_in_pairs(tmp_path: Path) -> None:
+    cert = tmp_path / "client.crt"
+    cert.write_text("x")
+    found = "\n".join(
+        problems(
+            {
+                "DB_SSL_MODE": "verify-full",
+                "DB_SSL_ROOT_CERT": str(tmp_path / "missing-ca.crt"),
+                "DB_SSL_CERT": str(cert),
+            }
+        )
+    )
+    assert "database_ssl_root_cert: no such file" in found
+    assert "database_ssl_cert and database_ssl_key: give both or neither" in found
+    assert "DB_SSL_MODE: must be one of" in "\n".join(problems({"DB_SSL_MODE": "sometimes"}))

@@ -7,7 +7,7 @@ import random
 import time
 
 import pytest
-from dataexec_testing.guard_cases import REJECTED
+from dataexec_testing.guard_cases import MYSQL_REJECTED, REJECTED
 from sqlglot import exp
 
 from server.errors import SqlNotAllowed
@@ -133,6 +133,11 @@ def test_read_only_query_passes(sql: str) -> None:
 @pytest.mark.parametrize(("sql", "reason"), REJECTED)
 def test_refused_query_says_why(sql: str, reason: str) -> None:
     assert reason.lower() in refusal(sql).lower()
+
+
+@pytest.mark.parametrize(("sql", "reason"), MYSQL_REJECTED)
+def test_mysql_refusals_say_why(sql: str, reason: str) -> None:
+    assert reason.lower() in refusal(sql, "mysql").lower()
 
 
 def test_the_reason_of_a_parse_error_has_line_and_column() -> None:

@@ -37,7 +37,7 @@ ROOMS = {
     *("handlers", "sessions", "kernels", "broker", "sql"),
     *("cache", "notebook", "store", "embedded", "ops"),
 }
-TOP = {"config", "errors", "clock", "auth"}
+TOP = {"config", "database_url", "errors", "clock", "auth"}
 # The arrows: what each unit may import besides itself. A unit is a room folder of
 # server/, a top module of server/, "protocol" (KERNEL_PROTOCOL), "kernel_package" (the rest
 # of dataexec_kernel) or "client" (dataexec_client). The package root ``server`` only holds
@@ -73,7 +73,8 @@ ALLOWED: dict[str, set[str]] = {
     "sql": {"config", "errors", "protocol"},
     # the top modules import only below them
     "auth": {"config", "errors"},
-    "config": {"errors"},
+    "config": {"errors", "database_url"},
+    "database_url": set(),
     "errors": set(),
     "clock": set(),
     "server": set(),

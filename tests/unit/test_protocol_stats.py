@@ -1,14 +1,16 @@
 """Result statistics and preview: the one Arrow implementation in ``dataexec_kernel.protocol``.
 
-Owns ``table_payload``, ``column_stats``, ``json_value``, ``pandas_dtype`` and
-``arrow_table`` (the same code answers for SQL run by the server and for frames in a
+Owns ``table_payload``, ``column_stats``, ``json_value``, ``pandas_dtype``, ``arrow_table``
+and ``answer_columns`` (the same code answers for SQL run by the server and for frames in a
 kernel), and ``dataexec_kernel.capture.as_frame``, which decides what of a cell's value
-becomes that frame. For frames of every kind of column it asserts the documented keys per
-type (numbers: min, max, mean, std, null_count, distinct_count; strings and categories:
-null_count, distinct_count, top_values; dates and times: min, max, null_count; booleans:
-true_count, false_count, null_count), that every preview value and statistic is strict
-JSON, the row count and truncation, and that the dtype named from Arrow alone is the one
-pandas gives the column (what the server's SQL path reports without building a DataFrame).
+becomes that frame, with the rule of which index an answer shows (real pandas results:
+filtered, sorted, grouped, pivoted, described, resampled). For frames of every kind of
+column it asserts the documented keys per type (numbers: min, max, mean, std, null_count,
+distinct_count; strings and categories: null_count, distinct_count, top_values; dates and
+times: min, max, null_count; booleans: true_count, false_count, null_count), that every
+preview value and statistic is strict JSON, the row count and truncation, and that the
+dtype named from Arrow alone is the one pandas gives the column (what the server's SQL path
+reports without building a DataFrame).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from dataexec_kernel import protocol
-from dataexec_kernel.capture import as_frame
+from dataexec_kernel.capture import as_frame, frame_answer
 
 NUMBER_KEYS = {"min", "max", "mean", "std", "null_count", "distinct_count"}
 TEXT_KEYS = {"null_count", "distinct_count", "top_values"}
@@ -329,10 +331,11 @@ def test_the_dtype_named_from_arrow_is_the_one_pandas_gives_the_column(name: str
     json.dumps(payload, allow_nan=False)
 
 
-def test_arrow_table_of_a_frame_drops_its_index_and_keeps_its_columns() -> None:
+def test_arrow_table_of_a_frame_keeps_its_index_for_to_pandas() -> None:
     frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}, index=[10, 20])
     table = protocol.arrow_table(frame)
-    assert table.column_names == ["a", "b"] and table.num_rows == 2
+    assert table.num_rows == 2 and table.schema.pandas_metadata is not None
+    pd.testing.assert_frame_equal(table.to_pandas(), frame)
 
 
 # --- what of a cell's value becomes the frame (capture.as_frame) ---------------------------
@@ -349,19 +352,145 @@ def test_an_unnamed_series_becomes_a_column_called_value() -> None:
 
 def test_a_groupby_result_keeps_its_keys_as_a_column() -> None:
     data = pd.DataFrame({"k": ["a", "b", "a"], "v": [1, 2, 3]})
-    frame = as_frame(data.groupby("k")["v"].sum())
-    assert list(frame.columns) == ["k", "v"]
-    assert frame.values.tolist() == [["a", 4], ["b", 2]]
-    counted = as_frame(data["k"].value_counts())
-    assert list(counted.columns) == ["k", "count"]
+    payload = answer_of(data.groupby("k")["v"].sum())
+    assert payload["columns"] == ["k", "v"]
+    assert payload["rows"] == [["a", 4], ["b", 2]]
+    assert answer_of(data["k"].value_counts())["columns"] == ["k", "count"]
 
 
 def test_multiindex_columns_are_joined_into_flat_names() -> None:
     data = pd.DataFrame({"k": ["a", "b", "a"], "v": [1, 2, 3]})
-    frame = as_frame(data.groupby("k").agg({"v": ["sum", "mean"]}))
-    assert list(frame.columns) == ["k", "v_sum", "v_mean"]
-    payload = payload_of(frame)
+    payload = answer_of(data.groupby("k").agg({"v": ["sum", "mean"]}))
     assert payload["columns"] == ["k", "v_sum", "v_mean"] and payload["row_count"] == 2
+
+
+# --- which index an answer shows (protocol.answer_columns, the rule in capture.py) ----------
+
+
+def answer_of(value: Any, max_rows: int = 100) -> protocol.TablePayload:
+    """What a kernel answers for a cell's ``value`` (strict JSON), and that the table the
+    cache gets gives the same frame back."""
+    frame = as_frame(value)
+    table = protocol.arrow_table(frame)
+    pd.testing.assert_frame_equal(table.to_pandas(), frame, check_freq=False)
+    payload = frame_answer(frame, table, max_rows)
+    json.dumps(payload, allow_nan=False)
+    return payload
+
+
+DATA = pd.DataFrame({"k": ["a", "b", "a", "c"], "n": [3, 1, 2, 5], "v": [1.0, 2.0, 3.0, 4.0]})
+HOURLY = pd.Series([1, 2, 3], index=pd.date_range("2024-01-01", periods=3, freq="h"))
+
+# A cell's value and the columns its answer shows.
+INDEX_CASES: dict[str, tuple[Any, list[str]]] = {
+    "filtered": (DATA[DATA.n > 1], ["k", "n", "v"]),
+    "sorted": (DATA.sort_values("n"), ["k", "n", "v"]),
+    "sorted, duplicated labels": (pd.concat([DATA, DATA]).sort_values("n"), ["k", "n", "v"]),
+    "head": (DATA.head(2), ["k", "n", "v"]),
+    "tail": (DATA.tail(2), ["k", "n", "v"]),
+    "sample": (DATA.sample(3, random_state=1), ["k", "n", "v"]),
+    "filtered series": (DATA.n[DATA.n > 1], ["n"]),
+    "unsigned labels": (DATA.set_axis(pd.Index([9, 8, 7, 6], dtype="uint8")), ["k", "n", "v"]),
+    "groupby size": (DATA.groupby("k").size(), ["k", "value"]),
+    "groupby sum": (DATA.groupby("k").sum(), ["k", "n", "v"]),
+    "groupby, as_index=False": (DATA.groupby("k", as_index=False).sum(), ["k", "n", "v"]),
+    "groupby on two keys": (DATA.groupby(["k", "n"]).sum(), ["k", "n", "v"]),
+    "value_counts": (DATA.k.value_counts(), ["k", "count"]),
+    "set_index": (DATA.set_index("k"), ["k", "n", "v"]),
+    "set_index on an integer": (DATA.set_index("n"), ["n", "k", "v"]),
+    "named range": (DATA.rename_axis("row"), ["row", "k", "n", "v"]),
+    "pivot_table": (DATA.pivot_table(index="k", values="v", aggfunc="sum"), ["k", "v"]),
+    "pivot_table with columns": (
+        DATA.pivot_table(index="k", columns="n", values="v", aggfunc="sum"),
+        ["k", "1", "2", "3", "5"],
+    ),
+    "describe": (DATA.describe(), ["index", "n", "v"]),
+    "transposed": (DATA[["n", "v"]].T, ["index", "0", "1", "2", "3"]),
+    "resample": (HOURLY.resample("2h").sum(), ["index", "value"]),
+    "float labels": (DATA.set_axis([0.5, 1.5, 2.5, 3.5]), ["index", "k", "n", "v"]),
+    "unnamed multiindex": (
+        DATA.set_axis(pd.MultiIndex.from_arrays([[1, 2, 3, 4], list("wxyz")])),
+        ["level_0", "level_1", "k", "n", "v"],
+    ),
+    "index named as a column": (DATA.set_index("k", drop=False), ["index", "k", "n", "v"]),
+}
+
+
+@pytest.mark.parametrize("value, columns", INDEX_CASES.values(), ids=INDEX_CASES.keys())
+def test_an_answer_shows_every_index_but_a_remnant_of_row_numbers(
+    value: Any, columns: list[str]
+) -> None:
+    payload = answer_of(value)
+    assert payload["columns"] == columns
+    assert [c["name"] for c in payload["result_schema"]] == columns
+    assert payload["row_count"] == len(value)
+    assert all(len(row) == len(columns) for row in payload["rows"])
+
+
+def test_a_nullable_integer_index_is_a_remnant_too() -> None:
+    frame = DATA.set_axis(pd.Index([4, 3, 2, 1], dtype="Int64"))
+    table = protocol.arrow_table(frame)
+    assert frame_answer(frame, table, 10)["columns"] == ["k", "n", "v"]
+    # pyarrow gives the labels back as int64: the values are kept, not the nullable dtype.
+    assert table.to_pandas().index.tolist() == [4, 3, 2, 1]
+
+
+def test_a_filtered_frame_answers_its_rows_as_to_dict_records_would() -> None:
+    d = pd.DataFrame({"n": [1, 2, 3]})
+    payload = answer_of(d[d.n > 1])
+    assert payload["columns"] == ["n"] and payload["rows"] == [[2], [3]]
+    assert payload["rows"] == [list(r.values()) for r in d[d.n > 1].to_dict("records")]
+    assert payload["result_schema"][0]["stats"]["min"] == 2
+
+
+def test_the_index_columns_come_first_with_their_own_dtypes_and_stats() -> None:
+    payload = answer_of(DATA.set_index(["k", "n"]))
+    assert [(c["name"], c["type"]) for c in payload["result_schema"]] == [
+        ("k", str(DATA.k.dtype)),
+        ("n", "int64"),
+        ("v", "float64"),
+    ]
+    assert payload["result_schema"][1]["stats"]["max"] == 5
+    assert payload["rows"][0] == ["a", 3, 1.0]
+
+
+def test_a_frame_arrow_cannot_hold_shows_the_same_columns() -> None:
+    frame = pd.DataFrame([[1, 2], [3, 4]], columns=["a", "a"], index=pd.Index(["x", "y"], name="i"))
+    with pytest.raises(ValueError):
+        protocol.arrow_table(frame)
+    payload = frame_answer(frame, None, 10)
+    assert payload["columns"] == ["i", "a", "a"] and payload["rows"][0] == ["x", 1, 2]
+    filtered = frame_answer(frame.reset_index(drop=True).iloc[[1]], None, 10)
+    assert filtered["columns"] == ["a", "a"]
+
+
+def test_a_table_without_pandas_metadata_is_answered_whole() -> None:
+    table = pa.table({"__index_level_0__": [1, 2], "a": [3, 4]})
+    assert protocol.answer_columns(table.schema) == [(0, "__index_level_0__"), (1, "a")]
+    assert protocol.answer_table(table) is table
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [b"not json", b"[1]", b'{"index_columns": "a", "columns": 3}', b'{"columns": [1, null]}'],
+    ids=["text", "a list", "wrong types", "odd columns"],
+)
+def test_odd_pandas_metadata_of_an_uploaded_table_shows_every_column(metadata: bytes) -> None:
+    table = pa.table({"a": [1], "b": [2]}).replace_schema_metadata({b"pandas": metadata})
+    assert protocol.answer_table(table).column_names == ["a", "b"]
+
+
+def test_an_empty_filtered_frame_answers_its_columns_only() -> None:
+    payload = answer_of(DATA[DATA.n > 10])
+    assert payload["columns"] == ["k", "n", "v"] and payload["row_count"] == 0
+
+
+def test_the_answers_columns_of_a_cached_table_drop_only_the_remnant() -> None:
+    table = protocol.arrow_table(DATA[DATA.n > 1])
+    assert table.column_names == ["k", "n", "v", "__index_level_0__"]
+    assert protocol.answer_table(table).column_names == ["k", "n", "v"]
+    keyed = protocol.arrow_table(DATA.set_index("k"))
+    assert protocol.answer_columns(keyed.schema) == [(2, "k"), (0, "n"), (1, "v")]
 
 
 def test_a_plain_frame_is_answered_as_it_is() -> None:

@@ -1,0 +1,117 @@
+"""Any database SQLAlchemy reaches: the generic path, and the base every dialect refines.
+
+A ``Dialect`` knows, for one database URL: the engine and its connections (pool, session
+settings, TLS), how to stream a query's rows as Arrow (``read``), how to stop a running
+query (``cancel_for``), and what DataExec can promise there (``guarantees``, the table of
+docs/databases.md and ``GET /health``). The generic path streams rows through SQLAlchemy
+in chunks; it can promise read-only only through the guard and the role the operator
+gives, and no timeout or cancel inside the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine
+
+from server.config import Settings
+from server.sql.errors import DriverErrors
+from server.sql.streaming import ClosingReader, QueryStream, RowBatches
+
+
+@dataclass(frozen=True)
+class Guarantees:
+    """What DataExec promises on one dialect, in words an operator reads."""
+
+    read_only: str
+    timeout: str
+    cancel: str
+    arrow_path: str
+    profile_source: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+class Dialect:
+    """The generic path; subclasses override what their driver does better."""
+
+    name: ClassVar[str] = "other"
+    title: ClassVar[str] = "Other SQLAlchemy dialects"
+    guarantees: ClassVar[Guarantees] = Guarantees(
+        read_only="the guard, and the role you give DataExec (nothing in the session)",
+        timeout="none inside the database; the cell's own timeout still ends the step",
+        cancel="none inside the database (the query runs to its end)",
+        arrow_path="SQLAlchemy rows, 65,536 at a time, converted to Arrow",
+        profile_source="every row up to 100,000, else a LIMIT sample",
+    )
+
+    def __init__(self, settings: Settings, url: URL) -> None:
+        self.settings = settings
+        self.url = url
+        self.timeout_s = settings.sql_timeout_s
+        self.errors = DriverErrors(url, settings.sql_timeout_s)
+        self.engine = self.make_engine()
+
+    # --- connections ------------------------------------------------------------------
+
+    def connect_args(self) -> dict[str, Any]:
+        """Keyword arguments of the driver's ``connect`` (session settings, TLS)."""
+        return {}
+
+    def make_engine(self) -> Engine:
+        return sa.create_engine(
+            self.url,
+            pool_size=self.settings.db_pool_size,
+            max_overflow=0,
+            pool_pre_ping=True,
+            pool_timeout=30,
+            connect_args=self.connect_args(),
+        )
+
+    def tls_in_use(self) -> str:
+        """The TLS mode asked of the driver, as the settings or the URL say it."""
+        mode = self.settings.database_ssl_mode or self.url.query.get("sslmode")
+        return str(mode) if mode else "driver default"
+
+    def cancel_for(self, dbapi_connection: Any) -> Callable[[], None] | None:
+        """How to stop the query running on ``dbapi_connection`` from another thread."""
+        return None
+
+    # --- queries ----------------------------------------------------------------------
+
+    def read(
+        self, query: str, params: Mapping[str, Any] | None, stream: QueryStream
+    ) -> ClosingReader:
+        """Run ``query`` (already guarded) and return its batches (in the producer thread)."""
+        stack = contextlib.ExitStack()
+        try:
+            conn = stack.enter_context(self.engine.connect())
+            stream.cancel_with(self.cancel_for(conn.connection.dbapi_connection))
+            stack.callback(stream.cancel_with, None)
+            result = conn.execution_options(stream_results=True).execute(
+                sa.text(query), dict(params or {})
+            )
+            stack.callback(result.close)
+            batches = self.batches(result)
+        except BaseException as exc:
+            stack.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return ClosingReader(batches.schema, batches, stack)
+
+    def batches(self, result: sa.CursorResult[Any]) -> RowBatches:
+        """The rows of ``result`` as record batches (types inferred from the values)."""
+        names = list(result.keys())
+        return RowBatches(
+            result.fetchmany,
+            names,
+            [None] * len(names),
+            max_held_bytes=self.settings.sql_max_result_bytes,
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()
