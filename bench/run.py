@@ -24,6 +24,7 @@ from typing import Any
 
 import burst
 import cache
+import databases
 import latency
 import memory
 import sql
@@ -35,13 +36,18 @@ DOCKER_IMAGE = os.environ.get("DATAEXEC_DOCKER_IMAGE", "dataexec-kernel:latest")
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A benchmark: the pools its server runs, its default sample count, how to run it."""
+    """A benchmark: the pools its server runs, its default sample count, how to run it.
+
+    ``alone`` instead of ``run``: a benchmark that starts its own servers (pointed at
+    databases it starts), called with the sandbox, the work dir and the sample count.
+    """
 
     name: str
     help: str
     pools: str
     repeat: int
-    run: Callable[[BenchServer, int], list[Figure]]
+    run: Callable[[BenchServer, int], list[Figure]] | None
+    alone: Callable[[str, Path, int], list[Figure]] | None = None
 
 
 BENCHMARKS = {
@@ -87,6 +93,15 @@ BENCHMARKS = {
             10,
             lambda server, n: cache.bench_cache(server, n, DOCKER_IMAGE),
         ),
+        Benchmark(
+            "databases",
+            "SELECT * FROM flights into a kernel frame on MariaDB vs read_sql over mysqlclient; "
+            "on PostgreSQL with TLS (require) vs without (disable)",
+            databases.POOLS,
+            10,
+            None,
+            databases.bench_databases,
+        ),
     )
 }
 DOCKER_RUN_REPEAT = 15
@@ -103,7 +118,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         metavar="N",
         help="samples per series instead of each benchmark's default "
-        "(memory 10, create 30, execute 200, pandas 100 and docker run 15, burst 3)",
+        "(memory 10, create 30, execute 200, pandas 100 and docker run 15, burst 3, "
+        "databases 10)",
     )
     parser.add_argument(
         "--sandbox", action="append", choices=SANDBOXES, help="only this sandbox (repeatable)"
@@ -188,12 +204,16 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list
             n = args.repeat or benchmark.repeat
             print(f"{name} [{sandbox}] n={n} ...", end=" ", flush=True)
             started, load_before = time.monotonic(), load()
-            with BenchServer(sandbox, benchmark.pools, workdir, name) as server:
-                try:
-                    figures += benchmark.run(server, n)
-                except BaseException:
-                    print(f"\nlast lines of the server's log:\n{server.log_tail()}")
-                    raise
+            if benchmark.alone is not None:
+                figures += benchmark.alone(sandbox, workdir, n)
+            else:
+                assert benchmark.run is not None
+                with BenchServer(sandbox, benchmark.pools, workdir, name) as server:
+                    try:
+                        figures += benchmark.run(server, n)
+                    except BaseException:
+                        print(f"\nlast lines of the server's log:\n{server.log_tail()}")
+                        raise
             run = {
                 "benchmark": name,
                 "sandbox": sandbox,
