@@ -124,6 +124,7 @@ class BenchServer:
         self.runtime_dir = Path(f"/run/dxb-{tag}")
         self.cgroup_parent = f"dataexec-bench-{tag}"
         self.token = "bench-" + secrets.token_hex(16)
+        self.operator_token = "bench-operator-" + secrets.token_hex(16)  # for /health
         self.url = ""
         self.process: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
@@ -138,6 +139,7 @@ class BenchServer:
             DATAEXEC_HOST="127.0.0.1",
             DATAEXEC_PORT="0",
             DATAEXEC_TOKEN=self.token,
+            DATAEXEC_OPERATOR_TOKEN=self.operator_token,
             DATAEXEC_SANDBOX=self.sandbox,
         )
         for name in ("DATAEXEC_KERNEL_ENV", "DATAEXEC_DOCKER_IMAGE"):
@@ -223,8 +225,8 @@ class BenchServer:
         )
 
     def pools(self, client: httpx.Client) -> dict[str, dict[str, int]]:
-        """Live pool counts from ``GET /health``."""
-        response = client.get("/health")
+        """Live pool counts from ``GET /health`` (the operator's view: a tenant's is minimal)."""
+        response = client.get("/health", headers={"Authorization": f"Bearer {self.operator_token}"})
         response.raise_for_status()
         pools: dict[str, dict[str, int]] = response.json()["pools"]
         return pools

@@ -1,7 +1,10 @@
-"""``make_app``: the Tornado application, with every route in one table."""
+"""``make_app``: the Tornado application, with every route in one table; ``make_server``:
+the HTTP(S) server it runs behind (``handlers.edge``), as ``dataexec serve`` and the tests
+start it."""
 
 from __future__ import annotations
 
+import tornado.httpserver
 import tornado.web
 
 from server.auth import Authenticator
@@ -16,7 +19,9 @@ from server.handlers import (
     schema,
     sessions,
 )
+from server.handlers.access_log import log_request
 from server.handlers.base import NotFoundHandler
+from server.handlers.edge import make_http_server
 from server.runtime import Runtime
 
 ROUTES = [
@@ -41,4 +46,10 @@ def make_app(settings: Settings, runtime: Runtime) -> tornado.web.Application:
         compress_response=False,
         api_routes=ROUTES,
         serve_traceback=False,
+        log_function=log_request,
     )
+
+
+def make_server(settings: Settings, runtime: Runtime) -> tornado.httpserver.HTTPServer:
+    """The HTTP(S) server of ``make_app``, with the limits, timeouts and TLS of ``settings``."""
+    return make_http_server(settings, make_app(settings, runtime))

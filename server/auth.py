@@ -1,8 +1,13 @@
 """Bearer tokens to tenants, compared in constant time.
 
-Every configured token is compared on every request (``hmac.compare_digest`` over SHA-256
-digests, so lengths leak nothing either) and the loop never stops early: the time taken
-does not depend on which token, if any, matched.
+Configured tokens are kept as SHA-256 digests: given in plaintext, or already hashed as
+``sha256:<hex>`` (``hash_token``, ``dataexec hash-token``) so that the config file holds no
+usable secret. A presented token is always hashed, so presenting a hash proves nothing.
+Every configured digest is compared on every request (``hmac.compare_digest``) and the loop
+never stops early: the time taken does not depend on which token, if any, matched.
+
+Tokens are random strings of at least 16 characters, not passwords: an unsalted, fast hash
+is enough to keep them out of the config file (guessing one is as hard as guessing the token).
 """
 
 from __future__ import annotations
@@ -10,14 +15,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from server.config import Settings, TenantSettings
+from server.config import Settings, TenantSettings, token_digest
 from server.errors import Forbidden, Unauthorized
 
 OPERATOR = TenantSettings(name="__operator__", tokens=(), pools=(), default_pool="")
 
 
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+def hash_token(token: str) -> str:
+    """The ``sha256:<hex>`` form of ``token``, to configure instead of the token itself."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
 class Authenticator:
@@ -25,17 +31,19 @@ class Authenticator:
 
     def __init__(self, settings: Settings) -> None:
         self._entries = [
-            (_digest(tok), tenant) for tenant in settings.tenants.values() for tok in tenant.tokens
+            (token_digest(tok), tenant)
+            for tenant in settings.tenants.values()
+            for tok in tenant.tokens
         ]
         if settings.operator_token:
-            self._entries.append((_digest(settings.operator_token), OPERATOR))
+            self._entries.append((token_digest(settings.operator_token), OPERATOR))
 
     def authenticate(self, header: str | None) -> TenantSettings:
         """The tenant whose token the header carries; Unauthorized otherwise."""
         scheme, _, token = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-        digest = _digest(token.strip())
+        digest = hashlib.sha256(token.strip().encode()).digest()
         found = None
         for expected, tenant in self._entries:
             if hmac.compare_digest(digest, expected):
@@ -43,6 +51,13 @@ class Authenticator:
         if found is None:
             raise Unauthorized("invalid bearer token")
         return found
+
+    def is_operator(self, header: str | None) -> bool:
+        """Whether the header carries the operator token (never raises)."""
+        try:
+            return self.authenticate(header) is OPERATOR
+        except Unauthorized:
+            return False
 
     @staticmethod
     def require_operator(tenant: TenantSettings) -> None:

@@ -1,9 +1,11 @@
-"""The ``dataexec`` command: serve, build-image, kernel-env, --version."""
+"""The ``dataexec`` command: serve, build-image, kernel-env, check-config, hash-token,
+--version."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
 import signal
@@ -11,7 +13,8 @@ import socket
 import sys
 
 from server import __version__
-from server.config import Settings, load_settings, with_default_tenant
+from server.auth import hash_token
+from server.config import TOKEN_HASH, Settings, load_settings, with_default_tenant
 from server.errors import ConfigError, DataExecError
 
 log = logging.getLogger("dataexec")
@@ -29,6 +32,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         commands.add_parser("check-config", help="validate the configuration and exit"),
     ):
         cmd.add_argument("--config", help="TOML config file (or DATAEXEC_CONFIG)")
+    commands.add_parser(
+        "hash-token",
+        help="read a token from stdin and print its sha256:<hex> form, to configure instead",
+    )
     serve.add_argument("--host", help="listen address (default 127.0.0.1, or DATAEXEC_HOST)")
     serve.add_argument("--port", type=int, help="listen port (default 8001, or DATAEXEC_PORT)")
     return parser.parse_args(argv)
@@ -36,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "hash-token":
+        return print_token_hash()
     logging.basicConfig(
         level=os.environ.get("DATAEXEC_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -67,11 +76,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def print_token_hash() -> int:
+    """Print the ``sha256:`` form of the token on stdin (asked for without echo on a tty)."""
+    text = getpass.getpass("token: ") if sys.stdin.isatty() else sys.stdin.read()
+    token = text.strip()
+    if len(token) < 16:
+        print("dataexec: a token is at least 16 characters", file=sys.stderr)
+        return 2
+    print(hash_token(token))
+    return 0
+
+
 async def serve(settings: Settings) -> int:
     """Run the server until SIGTERM or SIGINT, then stop gracefully."""
-    import tornado.httpserver
+    import tornado.netutil
 
-    from server.app import make_app
+    from server.app import make_server
     from server.runtime import Runtime
 
     stop = asyncio.Event()
@@ -79,17 +99,16 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runtime = Runtime(settings)
+    http = make_server(settings, runtime)  # before start: a TLS file it cannot use stops here
     await runtime.start()
-    app = make_app(settings, runtime)
-    http = tornado.httpserver.HTTPServer(
-        app, max_body_size=settings.max_body_bytes + 1024, xheaders=False
-    )
     sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
     http.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-    url = f"http://{host}:{port}"
+    url = f"{'https' if settings.tls_cert_file else 'http'}://{host}:{port}"
     token = settings.tenants["default"].tokens[0] if "default" in settings.tenants else "<token>"
+    if TOKEN_HASH.fullmatch(token):  # configured as a hash: the operator has the token
+        token = "<token>"
     print(
         f"DataExec {__version__} listening on {url} (sandbox: {runtime.sandbox.name})\n"
         f"token: {token}\n"

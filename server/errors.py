@@ -19,9 +19,12 @@ them as ``{"detail": {"type", "message", ...extra}}`` and nothing else.
     ├── NotFound                       404 NOT_FOUND
     ├── MethodNotAllowed               405 METHOD_NOT_ALLOWED
     ├── Conflict                       409 CONFLICT
+    ├── Cancelled                      409 CANCELLED     (session deleted or restarted mid-request)
     ├── SessionBusy                    409 SESSION_BUSY  (Retry-After)
     ├── PayloadTooLarge                413 PAYLOAD_TOO_LARGE
+    ├── UnsupportedMediaType           415 UNSUPPORTED_MEDIA_TYPE
     ├── RateLimited                    429 RATE_LIMITED  (Retry-After)
+    ├── HeadersTooLarge                431 HEADERS_TOO_LARGE (request line and headers)
     ├── Capacity                       503 CAPACITY      (Retry-After)
     ├── DatabaseUnavailable            503 DATABASE_UNAVAILABLE (Retry-After)
     └── KernelDied                     500 KERNEL_DIED
@@ -113,6 +116,13 @@ class Conflict(DataExecError):
     status, type = 409, "CONFLICT"
 
 
+class Cancelled(DataExecError):
+    """Another request ended the work under this one: the session was deleted or restarted
+    (or the server shut down) while it ran or waited; ``reason`` names which."""
+
+    status, type = 409, "CANCELLED"
+
+
 class SessionBusy(DataExecError):
     status, type, retry_after = 409, "SESSION_BUSY", 1.0
 
@@ -121,8 +131,18 @@ class PayloadTooLarge(DataExecError):
     status, type = 413, "PAYLOAD_TOO_LARGE"
 
 
+class UnsupportedMediaType(DataExecError):
+    status, type = 415, "UNSUPPORTED_MEDIA_TYPE"
+
+
 class RateLimited(DataExecError):
     status, type, retry_after = 429, "RATE_LIMITED", 1.0
+
+
+class HeadersTooLarge(DataExecError):
+    """The request line and headers together are over ``max_header_bytes``."""
+
+    status, type = 431, "HEADERS_TOO_LARGE"
 
 
 class Capacity(DataExecError):

@@ -115,6 +115,7 @@ class Runtime:
                 self.launcher.start,
                 settings.capacity_wait_s,
                 settings.kernel_start_timeout_s,
+                tenants_sharing=sum(name in t.pools for t in settings.tenants.values()),
             )
             self.pools[name].fill()
         self._culler = asyncio.ensure_future(self._cull_forever())
@@ -134,7 +135,11 @@ class Runtime:
             return self.settings.database_url
         from server.embedded.postgres import EmbeddedPostgres
 
-        self.embedded = EmbeddedPostgres(self.settings.state_dir, self.settings.demo_data)
+        self.embedded = EmbeddedPostgres(
+            self.settings.state_dir,
+            self.settings.demo_data,
+            temp_file_limit_mb=self.settings.sql_temp_file_limit_mb,
+        )
         await asyncio.to_thread(self.embedded.start)
         log.info("embedded PostgreSQL on 127.0.0.1:%d", self.embedded.port)
         return self.embedded.query_url.render_as_string(hide_password=False)

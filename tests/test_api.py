@@ -17,9 +17,9 @@ from dataexec_testing.api import (
 )
 
 
-async def test_health_needs_no_token_and_shows_pools(api: RunningServer) -> None:
-    async with api.client(token=None) as anonymous:
-        response = await anonymous.get("/health")
+async def test_health_shows_pools_to_the_operator(api: RunningServer) -> None:
+    async with api.client(token=OPERATOR_TOKEN) as operator:
+        response = await operator.get("/health")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"

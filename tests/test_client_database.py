@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from dataexec_testing.api import (
+    OPERATOR,
     SANDBOXES,
     assert_error,
     docker_missing,
@@ -86,7 +87,7 @@ async def sql(client: httpx.AsyncClient, query: str, **extra: Any) -> httpx.Resp
 
 async def check_whole_api(client: httpx.AsyncClient, dialect: str, session: str) -> None:
     """/health, /schema, a profile, SQL, and Python with sql(), conn and %%sql."""
-    health = (await client.get("/health")).json()
+    health = (await client.get("/health", headers=OPERATOR)).json()
     assert health["status"] == "ok"
     assert health["database"]["path"] == (
         "MariaDB and MySQL" if dialect == "mariadb" else "PostgreSQL"
@@ -156,7 +157,7 @@ async def test_db_settings_as_the_replaced_system_documents_them(
     served = await start_serve(env)
     try:
         async with served.client(timeout=60) as client:
-            assert (await client.get("/health")).json()["sandbox"] == sandbox
+            assert (await client.get("/health", headers=OPERATOR)).json()["sandbox"] == sandbox
             await check_whole_api(client, dialect, f"db-{dialect}-{sandbox}")
     finally:
         assert await served.stop() == 0
@@ -204,7 +205,7 @@ async def test_postgresql_require_encrypts_every_connection_of_ours(
     for mode, encrypted in (("require", True), ("disable", False)):
         env = {**external_pg.reader_env(), "DB_SSL_MODE": mode}
         async with dataexec(tmp_path, **env) as client:
-            health = (await client.get("/health")).json()
+            health = (await client.get("/health", headers=OPERATOR)).json()
             assert health["database"]["tls"] == mode
             # ADBC (no parameters), psycopg2 (parameters, /schema) and a kernel's sql()
             assert (await sql(client, "SELECT 1 AS one")).status_code == 200
@@ -288,7 +289,8 @@ async def test_mariadb_verify_full_encrypts_and_a_wrong_ca_is_refused(
         [[value]] = (await sql(client, cipher)).json()["data"]["rows"]
         assert value, "the session is encrypted"
     async with dataexec(tmp_path, **external_mariadb.reader_env()) as client:
-        assert (await client.get("/health")).json()["database"]["tls"] == "driver default"
+        health = (await client.get("/health", headers=OPERATOR)).json()
+        assert health["database"]["tls"] == "driver default"
     password = external_mariadb.reader.password
     assert password
     async with dataexec(tmp_path, **{**env, "DB_SSL_ROOT_CERT": str(db_tls.wrong_ca_cert)}) as c:

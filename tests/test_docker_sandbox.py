@@ -3,7 +3,8 @@
 The contract every sandbox meets (no network, no host socket, read-only but for /tmp, no
 server environment, an unprivileged uid, no pip, warm imports) is in ``test_sandbox.py``,
 which runs it in Docker too; this module keeps the Docker side: how the container is
-configured and labelled (and the engine's seccomp filter inside it), what the image holds,
+configured and labelled (and the two seccomp filters inside it: the engine's and
+DataExec's), a pool's runtime (gVisor's runsc, or one the engine lacks), what the image holds,
 the container's memory use and OOM state, removing containers and reaping orphans by label,
 and the messages when the engine or the image is missing.
 
@@ -23,11 +24,12 @@ import asyncio
 import contextlib
 import json
 import os
+import platform
 import secrets
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -46,6 +48,7 @@ from server.config import MiB, Settings, load_settings
 from server.errors import SandboxUnavailable
 from server.kernels.docker import (
     CPU_PERIOD_US,
+    KERNEL_PYTHON,
     LABEL_KERNEL,
     LABEL_POOL,
     LABEL_RUNTIME_DIR,
@@ -59,6 +62,7 @@ from server.kernels.kerneldir import (
     remove_kernel_dir,
 )
 from server.kernels.sandbox import LaunchSpec, Limits
+from server.kernels.seccomp import LOADER
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="module")]
 
@@ -323,10 +327,14 @@ async def test_kernel_is_a_running_labelled_locked_down_container(
     assert host["Memory"] == host["MemorySwap"] == DEFAULT_LIMITS.memory_bytes
     assert (host["CpuPeriod"], host["CpuQuota"]) == (CPU_PERIOD_US, CPU_PERIOD_US)
     assert host["Tmpfs"] == {"/tmp": f"size={DEFAULT_LIMITS.tmp_bytes},mode=1777,nosuid,nodev"}
+    assert host["ShmSize"] == DEFAULT_LIMITS.tmp_bytes  # /dev/shm capped like /tmp
+    assert host["Runtime"] == "runc"  # the default pool names none: the engine's default
     assert attrs["Config"]["User"] == f"{KERNEL_UID}:{KERNEL_UID}"
-    # Seen from inside: the engine's default seccomp filter applies (mode 2, a filter).
+    # The kernel starts under DataExec's filter, installed by the loader in the container.
+    assert attrs["Config"]["Cmd"][:5] == [KERNEL_PYTHON, "-I", "-S", "-c", LOADER]
+    # Seen from inside: two filters stacked, the engine's default profile and DataExec's.
     status = await value(shared, "open('/proc/self/status').read()")
-    assert "\nSeccomp:\t2\n" in status
+    assert "\nSeccomp:\t2\n" in status and "\nSeccomp_filters:\t2\n" in status
 
 
 async def test_kernel_contents_import_and_draw_a_chart(shared: Kernel) -> None:
@@ -402,6 +410,48 @@ async def test_reap_orphans_removes_only_this_runtime_dirs_containers(
         for kdir in (other.runtime_dir / "k").glob("*"):
             remove_kernel_dir(kdir)
         shutil.rmtree(other.runtime_dir, ignore_errors=True)
+
+
+async def test_a_runsc_pool_runs_its_kernels_under_gvisor_with_the_filter(
+    settings: Settings, engine: docker.DockerClient, debug_docker: None
+) -> None:
+    if "runsc" not in (engine.info().get("Runtimes") or {}):
+        docker_missing(
+            "gVisor's runsc is not registered with the engine: run scripts/docker-engine"
+        )
+    pools = {name: replace(pool, docker_runtime="runsc") for name, pool in settings.pools.items()}
+    gvisor = settings.replace(pools=pools)
+    box = DockerSandbox(gvisor)
+    try:
+        await box.check()
+        kernel = await start_kernel(box, gvisor)
+        try:
+            host = engine.api.inspect_container(kernel.sandboxed.container_id)["HostConfig"]
+            assert host["Runtime"] == "runsc"
+            # gVisor's own kernel answers, not the host's
+            assert await value(kernel, "__import__('os').uname().release") != platform.release()
+            # gVisor does not apply the engine's profile; DataExec's filter is there all the same
+            status = await value(kernel, "open('/proc/self/status').read()")
+            assert "\nSeccomp:\t2\n" in status
+            assert (await run(kernel, "1+1")).result == "2"
+        finally:
+            await kernel.stop()
+    finally:
+        await box.close()
+
+
+async def test_a_runtime_the_engine_does_not_know_stops_the_start(
+    settings: Settings, engine: docker.DockerClient
+) -> None:
+    # The config accepts runc and runsc only; an engine without runsc is what this stands for.
+    pools = {"default": replace(settings.pools["default"], docker_runtime="no-such-runtime")}
+    box = DockerSandbox(settings.replace(pools=pools))
+    try:
+        with pytest.raises(SandboxUnavailable, match="pools.default.docker_runtime"):
+            await box.check()
+    finally:
+        await box.close()
+    assert not await asyncio.to_thread(DockerSandbox.available, settings.replace(pools=pools))
 
 
 async def test_check_and_available_accept_a_working_engine_and_image(

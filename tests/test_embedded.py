@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from server.embedded import demo
 from server.embedded.os_access import PG_OS_USER
-from server.embedded.postgres import EmbeddedPostgres
+from server.embedded.postgres import POSTGRES_NICE, EmbeddedPostgres
 from server.sql.introspect import describe_schema
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,6 +234,16 @@ def test_under_root_postgres_runs_as_its_own_system_user(embedded_pg: EmbeddedPo
     assert int(uid_line.split()[1]) == account.pw_uid
     assert embedded_pg.cluster_dir.stat().st_uid == account.pw_uid
     assert embedded_pg.secrets_file.stat().st_uid == 0
+
+
+def test_postgres_and_its_backends_run_below_the_servers_priority(
+    embedded_pg: EmbeddedPostgres, query_engine: sa.Engine
+) -> None:
+    with query_engine.connect() as conn:
+        backend = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        for pid in (int((embedded_pg.data_dir / "postmaster.pid").read_text().split()[0]), backend):
+            assert os.getpriority(os.PRIO_PROCESS, pid) == POSTGRES_NICE
+    assert os.getpriority(os.PRIO_PROCESS, 0) < POSTGRES_NICE
 
 
 def test_start_in_a_new_process_reuses_the_running_cluster_and_data(

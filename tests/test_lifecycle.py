@@ -12,23 +12,9 @@ from pathlib import Path
 
 import pytest
 from dataexec_testing.api import REQUIRE_DOCKER, docker_ready, make_settings, start_server, wait_for
-from dataexec_testing.serve import ServeProcess, serve_env, start_serve
+from dataexec_testing.serve import ServeProcess, kernel_leftovers, serve_env, start_serve
 
 from server.config import with_default_tenant
-from server.kernels.cgroups import CGROUP_ROOT, cgroup_version
-
-
-def kernel_leftovers(env: dict[str, str]) -> list[str]:
-    """Kernel directories and cgroups of this server still on the host."""
-    found = []
-    kernels = Path(env["DATAEXEC_RUNTIME_DIR"]) / "k"
-    if kernels.is_dir():
-        found += [str(p) for p in kernels.iterdir()]
-    parent = env["DATAEXEC_CGROUP_PARENT"]
-    base = CGROUP_ROOT / parent if cgroup_version() == 2 else CGROUP_ROOT / "memory" / parent
-    if base.is_dir():
-        found += [str(p) for p in base.iterdir() if p.is_dir()]
-    return found
 
 
 @pytest.fixture

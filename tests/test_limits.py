@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from dataexec_testing.api import RunningServer, assert_error, ok, run, value_of
+from dataexec_testing.api import OPERATOR_TOKEN, RunningServer, assert_error, ok, run, value_of
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ async def test_full_pool_answers_capacity_with_retry_after(
 
 
 async def test_server_stays_healthy_after_broken_kernels(api: RunningServer) -> None:
-    async with api.client(token=None) as anonymous:
-        health = (await anonymous.get("/health")).json()
+    async with api.client(token=OPERATOR_TOKEN) as operator:
+        health = (await operator.get("/health")).json()
     assert health["status"] == "ok"
     assert health["pools"]["default"]["start_failures"] == 0

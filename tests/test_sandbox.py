@@ -7,7 +7,11 @@ shared server, so a new sandbox is added to that list and must pass all of them.
 - has no network: only ``lo``, and the host's loopback cannot be reached;
 - reaches no unix socket of the host (Docker's, containerd's, PostgreSQL's, the server's
   runtime and state dirs): the only one it sees is its own broker;
-- writes only to ``/tmp`` and its socket dir, and ``/tmp`` is size-capped;
+- writes only to ``/tmp``, ``/dev/shm`` and its socket dir, and the first two are
+  size-capped;
+- makes no system call of the denied list (``dataexec_testing.syscalls``: what Docker's
+  default profile denies and more), creates no namespace, mounts nothing and traces no
+  process, while threads, fork, subprocesses and shared memory work;
 - sees nothing of the server: not its environment or this process's, not its files, not
   its processes;
 - cannot install packages, and says how to add them instead;
@@ -23,6 +27,7 @@ loopback only; no test sends traffic anywhere else.
 from __future__ import annotations
 
 import json
+import platform
 import socket
 import threading
 from pathlib import Path
@@ -37,10 +42,20 @@ from dataexec_testing.api import (
     ok,
     value_of,
 )
+from dataexec_testing.syscalls import (
+    DENIED,
+    NUMBERS,
+    REFUSED,
+    label,
+    probe_cell,
+    subprocess_cell,
+)
 
 from server.embedded.postgres import EmbeddedPostgres
 
-pytestmark = pytest.mark.parametrize("api", SANDBOXES, indirect=True)
+# The Docker sandbox again with gVisor (runsc) as every pool's runtime: the same contract.
+GVISOR = "docker-runsc"
+pytestmark = pytest.mark.parametrize("api", [*SANDBOXES, GVISOR], indirect=True)
 
 KERNEL_UID = 60001  # the default kernel_uid
 
@@ -61,7 +76,11 @@ async def test_kernel_runs_as_an_unprivileged_user_without_capabilities(
         )
     )
     assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0
-    assert status["NoNewPrivs"].strip() == "1"
+    # Asked of the kernel itself: gVisor's /proc/self/status has no NoNewPrivs line.
+    no_new_privs = await value_of(
+        client, session_id, "import ctypes; ctypes.CDLL(None).prctl(39, 0, 0, 0, 0)"
+    )  # PR_GET_NO_NEW_PRIVS
+    assert no_new_privs == 1
 
 
 async def test_kernel_has_no_network_not_even_to_the_hosts_loopback(
@@ -164,7 +183,7 @@ json.dumps({{
     assert "/run" not in seen["mounts"] and "/var" not in seen["mounts"]
 
 
-async def test_kernel_writes_only_to_tmp_and_its_socket_dir(
+async def test_kernel_writes_only_to_tmp_dev_shm_and_its_socket_dir(
     client: httpx.AsyncClient, session_id: str
 ) -> None:
     writable = json.loads(
@@ -185,16 +204,17 @@ def writable(directory):
 json.dumps({d: writable(d) for d in
     ['/', '/etc', '/usr', '/usr/lib', sys.prefix, sysconfig.get_paths()['purelib'],
      '/var/tmp', '/root', '/home', '/dataexec', '/dataexec/srv', '/dataexec/lib',
-     '/dataexec/lib/dataexec_kernel', '/tmp', '/dataexec/rw']})""",
+     '/dataexec/lib/dataexec_kernel', '/tmp', '/dataexec/rw', '/dev', '/dev/shm']})""",
         )
     )
-    assert {d for d, ok in writable.items() if ok} == {"/tmp", "/dataexec/rw"}, writable
+    assert {d for d, ok in writable.items() if ok} == {"/tmp", "/dev/shm", "/dataexec/rw"}, writable
 
 
-async def test_tmp_is_size_capped(
-    api: RunningServer, client: httpx.AsyncClient, session_id: str
+@pytest.mark.parametrize("directory", ["/tmp", "/dev/shm"])
+async def test_tmp_and_dev_shm_are_size_capped(
+    api: RunningServer, client: httpx.AsyncClient, session_id: str, directory: str
 ) -> None:
-    cap_mb = api.settings.pools["default"].tmp_mb
+    cap_mb = api.settings.pools["default"].tmp_mb  # /dev/shm is capped like /tmp
     outcome = await value_of(
         client,
         session_id,
@@ -202,7 +222,7 @@ async def test_tmp_is_size_capped(
 import errno, json, os
 written = 0
 try:
-    with open('/tmp/fill', 'wb') as fh:
+    with open('{directory}/fill', 'wb') as fh:
         for _ in range({cap_mb + 16}):
             fh.write(b'x' * (1 << 20))
             fh.flush()
@@ -211,12 +231,96 @@ try:
 except OSError as exc:
     outcome = errno.errorcode[exc.errno]
 finally:
-    os.remove('/tmp/fill')
+    os.remove('{directory}/fill')
 json.dumps([outcome, written])""",
     )
     stopped_by, written_mb = json.loads(outcome)
     assert stopped_by == "ENOSPC"
     assert cap_mb - 16 < written_mb <= cap_mb  # stopped at the cap, not 16 MiB after it
+
+
+async def test_denied_system_calls_are_refused(client: httpx.AsyncClient, session_id: str) -> None:
+    answer = await value_of(client, session_id, probe_cell())
+    assert not answer.startswith("failed"), answer
+    outcomes = json.loads(answer)
+    column = {"x86_64": 0, "aarch64": 1}[platform.machine()]  # kernels run on this machine
+    tried = {label(call, args) for call, args in DENIED if NUMBERS[call][column] is not None}
+    assert set(outcomes) == tried
+    assert {probe: seen for probe, seen in outcomes.items() if seen not in REFUSED} == {}
+
+
+NAMESPACES_AND_MOUNTS = r"""
+import ctypes, errno, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+def outcome(rc):
+    return 'ok' if rc == 0 else errno.errorcode[ctypes.get_errno()]
+os.makedirs('/tmp/mnt', exist_ok=True)
+steps = {'unshare': outcome(libc.unshare(0x10000000 | 0x20000))}  # CLONE_NEWUSER | NEWNS
+steps['mount'] = outcome(libc.mount(b'none', b'/tmp/mnt', b'tmpfs', 0, None))
+print(json.dumps(steps))
+"""
+
+PTRACE_A_CHILD = r"""
+import ctypes, errno, json, os, signal, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.restype = ctypes.c_long
+child = os.fork()
+if child == 0:
+    time.sleep(60)
+    os._exit(0)
+try:
+    rc = libc.ptrace(ctypes.c_long(16), ctypes.c_long(child), None, None)  # PTRACE_ATTACH
+    outcome = 'attached' if rc == 0 else errno.errorcode[ctypes.get_errno()]
+finally:
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+print(json.dumps(outcome))
+"""
+
+
+async def test_kernel_can_neither_nest_a_user_namespace_nor_mount_a_tmpfs(
+    client: httpx.AsyncClient, session_id: str
+) -> None:
+    # In a fresh single-threaded process: unshare(CLONE_NEWUSER) refuses a process with
+    # threads (EINVAL) whatever the sandbox, and a kernel has threads.
+    steps = json.loads(await value_of(client, session_id, subprocess_cell(NAMESPACES_AND_MOUNTS)))
+    # EPERM from the filter; ENOSPC where only bwrap's --disable-userns stood in the way
+    assert steps["unshare"] in ("EPERM", "ENOSPC"), steps
+    assert steps["mount"] == "EPERM", steps
+
+
+async def test_kernel_cannot_ptrace_its_own_child(
+    client: httpx.AsyncClient, session_id: str
+) -> None:
+    assert await value_of(client, session_id, subprocess_cell(PTRACE_A_CHILD)) == '"EPERM"'
+
+
+async def test_threads_fork_subprocesses_and_shared_memory_still_work(
+    client: httpx.AsyncClient, session_id: str
+) -> None:
+    answer = await value_of(
+        client,
+        session_id,
+        """
+import concurrent.futures, json, multiprocessing, subprocess, sys
+from multiprocessing import shared_memory
+import matplotlib.pyplot as plt, pandas as pd, pyarrow as pa
+with concurrent.futures.ThreadPoolExecutor(8) as threads:
+    threaded = sum(threads.map(abs, range(-100, 0)))
+with multiprocessing.get_context('fork').Pool(2) as pool:  # semaphores live in /dev/shm
+    forked = sum(pool.map(abs, range(-10, 0)))
+shm = shared_memory.SharedMemory(create=True, size=1 << 20)
+shm.buf[:3] = b'abc'
+shared = bytes(shm.buf[:3]).decode()
+shm.close()
+shm.unlink()
+child = subprocess.run([sys.executable, '-c', 'print(6 * 7)'], capture_output=True, text=True)
+frame = pd.DataFrame({'k': [1, 1, 2], 'v': [1.0, 2.0, 3.0]})
+table = pa.Table.from_pandas(frame.groupby('k').sum())
+fig = plt.figure(); plt.plot([1, 2, 3]); fig.savefig('/tmp/chart.png'); plt.close(fig)
+json.dumps([threaded, forked, shared, child.stdout.strip(), table.num_rows])""",
+    )
+    assert json.loads(answer) == [5050, 55, "abc", "42", 2]
 
 
 async def test_kernel_sees_nothing_of_the_server(

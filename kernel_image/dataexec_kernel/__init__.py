@@ -15,7 +15,8 @@ Importing this package stays cheap: the server copies it into kernels without im
 anything heavy, and the helpers are imported when first used.
 
 Modules and their arrows (each imports only those to its right):
-    __main__ -> capture -> helpers, frames -> broker -> protocol -> errors
+    __main__ -> capture -> helpers, frames -> broker, placeholders -> protocol -> errors
+    __main__ -> threads (a thread's output goes to the cell that started it)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ _LAZY = {
             "DatabaseError",
             "CacheKeyNotFound",
             "QuotaExceeded",
+            "TooManyQueries",
             "AuthenticationFailed",
             "PermissionDenied",
             "InvalidRequest",

@@ -29,6 +29,9 @@ def main() -> None:
     config.IPKernelApp.quiet = True
     app = IPKernelApp.instance(config=config)
     app.initialize(sys.argv[1:])
+    from dataexec_kernel import threads
+
+    threads.install()  # after initialize: the kernel's own threads are running
     app.start()
 
 

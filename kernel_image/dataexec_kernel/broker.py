@@ -64,7 +64,10 @@ def put(table: Any, kind: protocol.PutKind = "result", name: str | None = None) 
     body = sink.getvalue()
     request: protocol.PutRequest = {"op": "put", "bytes": body.size, "kind": kind, "name": name}
     with _connect() as sock:
-        sock.sendall(protocol.encode_frame(request) + body.to_pybytes())
+        try:
+            sock.sendall(protocol.encode_frame(request) + body.to_pybytes())
+        except OSError:  # refused unread (over a cap): its answer says why
+            pass
         with sock.makefile("rb") as stream:
             return str(_answer(stream)["cache_key"])
 

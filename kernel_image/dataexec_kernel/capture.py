@@ -87,13 +87,15 @@ def _loose_table(frame: Any) -> tuple[Any, list[str]]:
     for _, values in columns:
         try:
             arrays.append(pa.array(values, from_pandas=True))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
             arrays.append(pa.array(values.astype(str), from_pandas=True))
     table = pa.Table.from_arrays(arrays, names=[name for name, _ in columns])
     return table, [str(values.dtype) for _, values in columns]
 
 
-def frame_answer(frame: Any, table: Any, max_rows: int) -> protocol.TablePayload:
+def frame_answer(
+    frame: Any, table: Any, max_rows: int, max_bytes: int = protocol.PREVIEW_BYTES
+) -> protocol.TablePayload:
     """Preview, row count, types and statistics of what an answer shows of ``frame``: the
     answer's columns of ``table``, its ``protocol.arrow_table``, or when Arrow could not
     hold the frame (``table`` None) the same columns taken one by one."""
@@ -103,7 +105,7 @@ def frame_answer(frame: Any, table: Any, max_rows: int) -> protocol.TablePayload
         plan = protocol.answer_columns(table.schema)
         fields = _field_dtypes(frame)
         preview, dtypes = protocol.shown(table, plan), [fields[i] for i, _ in plan]
-    return protocol.table_payload(preview, max_rows, dtypes)
+    return protocol.table_payload(preview, max_rows, dtypes, max_bytes)
 
 
 def _scalar_payload(value: Any) -> protocol.ResultPayload:
@@ -147,13 +149,13 @@ class ResultCapture:
         else:
             self.value = result.result
 
-    def result(self, max_rows: int) -> _Payload:
-        """The cell's result, as the JSON the server reads."""
+    def result(self, max_rows: int, max_bytes: int = protocol.PREVIEW_BYTES) -> _Payload:
+        """The cell's result, as the JSON the server reads (a preview within ``max_bytes``)."""
         value = self.value
         frame = as_frame(value)
         payload: protocol.ResultPayload
         if frame is not None:
-            payload = self._frame_payload(frame, max_rows)
+            payload = self._frame_payload(frame, max_rows, max_bytes)
         elif _is_scalar(value):
             payload = _scalar_payload(value)
         else:
@@ -161,29 +163,50 @@ class ResultCapture:
         payload["frames_changed"] = self.frames.changed()
         return _Payload(protocol.encode_payload(payload))
 
-    def _frame_payload(self, frame: Any, max_rows: int) -> protocol.ResultPayload:
+    def _frame_payload(self, frame: Any, max_rows: int, max_bytes: int) -> protocol.ResultPayload:
         """Preview and statistics of the answer's columns of the table the cache gets, and
         the frame's cache key (or why there is none: no broker, over a cap, the quota,
-        columns Arrow cannot hold)."""
-        from dataexec_kernel.frames import note_cached
+        wider than ``protocol.MAX_RESULT_COLUMNS``, columns Arrow cannot hold).
+
+        The cache gets the frame as ``frames.storable`` makes it (unique string column
+        names, values Arrow cannot hold as text), and the answer says what that changed.
+        """
+        from dataexec_kernel.frames import note_cached, storable
 
         key, cache_error, table = None, None, None
+        width, cap = frame.shape[1], protocol.MAX_RESULT_COLUMNS
+        original, warnings = frame, []
+        if width > cap:  # neither answered nor cached whole: too wide to be either
+            frame = frame.iloc[:, :cap]
+            warnings.append(f"the result has {width} columns: this answer shows the first {cap}")
+            cache_error = {
+                "type": "OUTPUT_TOO_LARGE",
+                "message": f"not cached: {width} columns, over the cap of {cap}; select fewer",
+            }
+        frame, changes = storable(frame)
+        warnings += changes
         try:
             table = protocol.arrow_table(frame)
         except Exception as exc:
             cache_error = {"type": "EXECUTION_ERROR", "message": f"not cached: {exc}"}
-        else:
+        if table is not None and cache_error is None:
             try:
                 key = broker.put(table)
-                note_cached(frame, key)
+                note_cached(original, key)
             except DataExecError as exc:
                 cache_error = {"type": exc.type, "message": exc.message}
+            except OSError as exc:  # the broker hung up (a refused frame it did not read)
+                cache_error = {"type": "INTERNAL", "message": f"not cached: {exc}"}
+        answer = frame_answer(frame, table, max_rows, max_bytes)
+        warnings += answer.pop("warnings", [])
         payload: protocol.ResultPayload = {
             "kind": "dataframe",
-            **frame_answer(frame, table, max_rows),  # type: ignore[typeddict-item]
+            **answer,  # type: ignore[typeddict-item]
             "cache_key": key,
             "cache_error": cache_error,
         }
+        if warnings:
+            payload["warnings"] = warnings
         return payload
 
     def checkpoint(self, budget: int) -> _Payload:

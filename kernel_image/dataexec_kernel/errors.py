@@ -13,6 +13,7 @@ exceptions stand for the HTTP answers of a DataExec server or the errors of a da
     ├── DatabaseError             EXECUTION_ERROR
     ├── CacheKeyNotFound          NOT_FOUND
     ├── QuotaExceeded             QUOTA_EXCEEDED
+    ├── TooManyQueries            RATE_LIMITED     (queries at once, per kernel or tenant)
     ├── InvalidRequest            VALIDATION_ERROR
     ├── AuthenticationFailed      UNAUTHORIZED     (outside DataExec only)
     ├── PermissionDenied          FORBIDDEN        (outside DataExec only)
@@ -71,6 +72,12 @@ class QuotaExceeded(DataExecError):
     type = "QUOTA_EXCEEDED"
 
 
+class TooManyQueries(DataExecError):
+    """This kernel or its tenant ran as many queries at once as it may, for too long."""
+
+    type = "RATE_LIMITED"
+
+
 class InvalidRequest(DataExecError):
     type = "VALIDATION_ERROR"
 
@@ -112,6 +119,7 @@ BROKER_ERRORS: tuple[type[DataExecError], ...] = (
     DatabaseError,
     CacheKeyNotFound,
     QuotaExceeded,
+    TooManyQueries,
     InvalidRequest,
 )
 BY_TYPE: dict[str, type[DataExecError]] = {cls.type: cls for cls in BROKER_ERRORS}

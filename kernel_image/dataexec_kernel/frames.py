@@ -21,11 +21,14 @@ under their names before the next step runs.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from dataexec_kernel import broker, protocol
 
 SAMPLE_ROWS = 2048
+NAME_CHARS = 256  # a longer column name is cut (and said so)
+LISTED = 10  # columns a warning names, then "and N more"
 # Names the helpers own; never checkpointed as the user's frames.
 RESERVED = frozenset({"result_df", "input_data"})
 
@@ -51,6 +54,96 @@ CACHED: dict[int, tuple[tuple[Any, ...], str]] = {}
 
 def note_cached(frame: Any, key: str) -> None:
     CACHED[id(frame)] = (fingerprint(frame), key)
+
+
+def storable(frame: Any) -> tuple[Any, list[str]]:
+    """``frame`` as the cache keeps it and an answer shows it, and what that changed.
+
+    Column names become unique strings: ``None`` is ``column_<i>`` (its position), a tuple
+    is joined with ``_`` (as a MultiIndex is), anything else is ``str`` of it, NUL becomes
+    U+FFFD, a name past ``NAME_CHARS`` is cut, and a repeated name gets ``_1``, ``_2``...
+    An object column whose values Arrow cannot hold (integers past 64 bits,
+    ``Decimal('1e1000')``, mixed types, dicts of different shapes) is kept as text: JSON for
+    dicts, lists and tuples, hex for bytes, ``str`` for the rest. The kernel's own frame is
+    left as it is.
+    """
+    names = _unique_names(list(frame.columns))
+    pairs = list(zip(frame.columns, names, strict=True))
+    renamed = [f"{old!r} -> {new!r}" for old, new in pairs if str(old) != new]
+    as_text = [new for old, new in pairs if not isinstance(old, str) and str(old) == new]
+    warnings = []
+    if renamed:
+        warnings.append(f"columns renamed to unique strings: {_listing(renamed)}")
+    if as_text:
+        warnings.append(f"column names that were not strings are now text: {_listing(as_text)}")
+    if renamed or as_text:
+        frame = frame.set_axis(names, axis=1)
+    texts = [n for i, n in enumerate(names) if not _arrow_holds(frame.iloc[:, i])]
+    if texts:
+        frame = frame.copy(deep=False)
+        for name in texts:
+            frame[name] = frame[name].map(_as_text).astype(object)
+        warnings.append(
+            f"columns kept as text (Arrow cannot hold their values): {_listing(texts, repr)}"
+        )
+    return frame, warnings
+
+
+def _listing(items: list[str], show: Any = str) -> str:
+    more = f" and {len(items) - LISTED} more" if len(items) > LISTED else ""
+    return ", ".join(map(show, items[:LISTED])) + more
+
+
+def _unique_names(columns: list[Any]) -> list[str]:
+    taken: set[str] = set()
+    names = []
+    for i, name in enumerate(columns):
+        if name is None or (isinstance(name, float) and name != name):
+            text = f"column_{i}"
+        elif isinstance(name, tuple):
+            text = "_".join(map(str, name)).strip("_") or f"column_{i}"
+        else:
+            text = str(name)
+        candidate = base = text.replace("\x00", "\ufffd")[:NAME_CHARS]
+        n = 1
+        while candidate in taken:
+            candidate, n = f"{base}_{n}", n + 1
+        taken.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def _arrow_holds(column: Any) -> bool:
+    """Whether Arrow, and then Parquet, can hold this column as it is."""
+    import pyarrow as pa
+
+    if column.dtype != object:
+        return True
+    try:
+        return _parquet_holds(pa.array(column, from_pandas=True).type)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return False
+
+
+def _parquet_holds(kind: Any) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_struct(kind) and kind.num_fields == 0:  # dicts that are all empty
+        return False
+    return all(_parquet_holds(kind.field(i).type) for i in range(kind.num_fields))
+
+
+def _as_text(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (dict, list, tuple)):
+        value = list(value) if isinstance(value, tuple) else value
+        return json.dumps(protocol.json_value(value), default=str)
+    return str(value)
 
 
 def _frame_bytes(frame: Any) -> int:
@@ -109,16 +202,21 @@ class Frames:
                 self.checkpoints.pop(name, None)
                 continue
             used += sizes[name]
+            if frame.shape[1] > protocol.MAX_RESULT_COLUMNS:
+                entry["note"] = "wider than the column cap of a result: not restorable"
+                self.checkpoints.pop(name, None)
+                continue
             mark = self.seen[name]
             known = self.checkpoints.get(name)
             if known is None or known[0] != mark:
                 cached = CACHED.get(id(frame))
                 try:
-                    key = (
-                        cached[1]
-                        if cached and cached[0] == mark
-                        else broker.put(protocol.arrow_table(frame), "checkpoint", name)
-                    )
+                    if cached and cached[0] == mark:
+                        key = cached[1]
+                    else:
+                        stored, changes = storable(frame)  # restored as the cache keeps it
+                        key = broker.put(protocol.arrow_table(stored), "checkpoint", name)
+                        entry["note"] = "; ".join(changes) or None
                 except Exception as exc:  # a frame Arrow cannot hold, a full quota, ...
                     entry["note"] = f"not checkpointed: {exc}"
                     self.checkpoints.pop(name, None)

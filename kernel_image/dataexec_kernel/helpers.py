@@ -11,7 +11,10 @@ database directly. It plugs in here with ``use_client``; which it talks to is de
 each call, so configuring after ``%load_ext`` works.
 
 ``conn`` is what ``pd.read_sql(query, conn)`` needs: pandas recognises an ADBC connection
-and reads Arrow from it, so the fast path holds there too, with no warning.
+and reads Arrow from it, so the fast path holds there too, with no warning. pandas refuses
+``params`` for ADBC connections before it asks the connection, so making ``conn`` also lets
+``params`` through for ``conn`` (and only for it): ``pd.read_sql(q, conn, params=...)``
+takes a dict or a list in the styles ``placeholders`` reads.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from dataexec_kernel import broker, protocol
+from dataexec_kernel import broker, placeholders, protocol
 from dataexec_kernel.errors import NotConfigured
 
 CLIENT_PACKAGE = "dataexec_client"
@@ -147,14 +150,22 @@ def _connection_base() -> type:
 
 
 class BrokerCursor:
-    """The cursor of ``conn``: each ``execute`` is one ``sql()``."""
+    """The cursor of ``conn``: each ``execute`` is one ``sql()``.
 
-    def __init__(self) -> None:
+    ``parameters`` come as a dict or a list in any style ``placeholders`` reads; ``bound``
+    are those ``pd.read_sql(..., params=...)`` gave (see ``_let_pandas_pass_params``).
+    """
+
+    def __init__(self, bound: Any = None) -> None:
         self._table: Any = None
+        self._bound = bound
         self.description: Any = None
 
     def execute(self, query: str, parameters: Any = None) -> None:
-        self._table = fetch_arrow(query, dict(parameters) if parameters else None)
+        query, named = placeholders.named(
+            query, parameters if parameters is not None else self._bound
+        )
+        self._table = fetch_arrow(query, named)
         self.description = [
             (n, None, None, None, None, None, None) for n in self._table.column_names
         ]
@@ -181,11 +192,18 @@ def _connection_class() -> type:
     class BrokerConnection(_connection_base()):  # type: ignore[misc]
         """``pd.read_sql(q, conn)`` through ``sql()``; read-only, nothing to commit."""
 
-        def __init__(self) -> None:  # no ADBC driver: sql() is the database
+        dataexec_conn = True  # what the pandas hook knows it by
+
+        def __init__(self, bound: Any = None) -> None:  # no ADBC driver: sql() is the database
             self._closed = True  # nothing of ADBC's to release in __del__
+            self._bound = bound
 
         def cursor(self, **_: Any) -> BrokerCursor:
-            return BrokerCursor()
+            return BrokerCursor(self._bound)
+
+        def with_params(self, params: Any) -> Any:
+            """This connection, its cursors executing with ``params``."""
+            return type(self)(params)
 
         def commit(self) -> None:
             pass
@@ -207,7 +225,36 @@ def _connection_class() -> type:
 
 def make_conn() -> Any:
     """The ``conn`` object of a kernel."""
+    _let_pandas_pass_params()
     return _connection_class()()
+
+
+def _let_pandas_pass_params() -> None:
+    """``pd.read_sql(q, conn, params=...)``: pandas' ADBC path passes ``params`` to ``conn``.
+
+    pandas (3.x) raises ``NotImplementedError`` for ``params`` on any ADBC connection before
+    it touches the connection. Its ``ADBCDatabase.read_query`` is wrapped, once per process,
+    so that for ``conn`` the query runs on a connection bound to the parameters; every
+    other ADBC connection meets pandas' own code unchanged.
+    """
+    try:
+        from pandas.io import sql as pandas_sql
+    except ImportError:
+        return
+    database = getattr(pandas_sql, "ADBCDatabase", None)
+    original = getattr(database, "read_query", None)
+    if original is None or getattr(original, "dataexec_params", False):
+        return
+
+    def read_query(self: Any, sql: Any, *args: Any, params: Any = None, **kwargs: Any) -> Any:
+        if params is not None and getattr(self.con, "dataexec_conn", False):
+            return original(type(self)(self.con.with_params(params)), sql, *args, **kwargs)
+        return original(self, sql, *args, params=params, **kwargs)
+
+    read_query.__doc__ = original.__doc__
+    read_query.dataexec_params = True  # type: ignore[attr-defined]
+    database.read_query = read_query  # type: ignore[union-attr]
+    database.read_sql = read_query  # type: ignore[union-attr]
 
 
 def register_magic(ipython: Any) -> None:

@@ -8,11 +8,20 @@ kernel protocol (``dataexec_kernel.protocol``, where they are drawn): ``sql`` an
 answer Arrow IPC streams, ``put`` takes one (a result, a ``save()``, a checkpoint) into the
 cache and answers its key.
 
+Every query, a kernel's and the server's own (``query_table``, SQL without a session),
+first takes a slot of the database's ``QueryGate`` (``server.sql.admission``): so many per
+kernel, per tenant and in all, tenants served fairly, the rest waiting their turn or, past
+``sql_queue_wait_s``, refused with ``RATE_LIMITED``. The slot is held until the query's
+thread has let go of its connection, so the database never runs more of our queries than
+the gate allows.
+
 Batches are written as the database produces them (never JSON, never pickle, no
-compression on a local socket). A failure after the stream began ends the stream early and
-says why in the last frame. If the kernel goes away mid-query (an interrupt, a timeout
-kill), the broker sees the socket close and cancels the query in the database, so no
-backend is left running.
+compression on a local socket), one at a time: the broker waits for the kernel to take
+each before it asks for the next, so it never holds more than a few batches of a result.
+A failure after the stream began ends the stream early and says why in the last frame. If
+the kernel goes away mid-query or while it waits its turn (an interrupt, a timeout kill),
+the broker sees the socket close and cancels the query in the database (or its place in
+the queue), so no backend is left running.
 """
 
 from __future__ import annotations
@@ -25,14 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from dataexec_kernel import errors as kernel_errors
 from dataexec_kernel import protocol
 
 from server.broker.caller import Caller
 from server.cache.cache import Cache, read_ipc
+from server.cache.downloads import stored_batches
 from server.errors import DataExecError, OutputTooLarge, ValidationError
 from server.sql.database import QueryDatabase, QueryStream
+from server.sql.errors import QueryCancelled
 from server.sql.guard import check_query
 
 log = logging.getLogger(__name__)
@@ -60,8 +70,9 @@ class _SocketSink:
         self.closed = False
 
     def write(self, data: Any) -> int:
-        self.writer.write(bytes(data))
-        return len(data)
+        view = memoryview(data)  # no copy of our own; the transport keeps what it cannot send
+        self.writer.write(view)
+        return view.nbytes
 
     def flush(self) -> None:
         pass
@@ -108,12 +119,31 @@ class Broker:
         )
 
     async def query_table(
-        self, tenant: str, query: str, params: dict[str, Any] | None = None
+        self,
+        tenant: str,
+        query: str,
+        params: dict[str, Any] | None = None,
+        *,
+        preview_rows: int = 0,
     ) -> pa.Table:
-        """Guard and run a query for the server itself (SQL without a session)."""
+        """Guard and run a query for the server itself (SQL without a session), in its turn.
+
+        The answer will show ``preview_rows`` rows of it as JSON: ``OutputTooLarge`` when
+        they hold more than ``output_limit_bytes`` (as Arrow), before any JSON is built.
+        """
         checked = await self._check(query, params)
-        log.info("sql for tenant %s (no session)", tenant)
-        return await self.database.table(checked, params)
+        async with self.database.gate.slot(tenant):
+            log.info("sql for tenant %s (no session)", tenant)
+            table = await self.database.table(checked, params)
+        cap = self.database.settings.output_limit_bytes
+        shown = table.slice(0, preview_rows).nbytes
+        if shown > cap:
+            raise OutputTooLarge(
+                f"the first {min(preview_rows, table.num_rows):,} rows of the result hold "
+                f"{shown:,} bytes, over the {cap:,} bytes an answer may show "
+                "(output_limit_bytes); ask for fewer rows (max_rows) or fewer, shorter columns"
+            )
+        return table
 
     async def _serve(
         self, caller: Caller, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -131,8 +161,8 @@ class Broker:
                 raise ValidationError("unknown broker request")
         except DataExecError as exc:
             writer.write(error_frame(exc))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, QueryCancelled):
+            pass  # the kernel went away
         except Exception:
             log.exception("broker request of kernel %s failed", caller.kernel_id[:12])
             writer.write(error_frame(DataExecError("internal error in the broker")))
@@ -172,14 +202,20 @@ class Broker:
             raise ValidationError("load() takes a cache key string")
         entry = await self.cache.entry(caller.tenant, key)
         caller.lineage.read(key)
-        path = self.cache.path(entry)
-        parquet = await asyncio.to_thread(pq.ParquetFile, path)
-        batches = parquet.iter_batches(batch_size=65_536)
+        # Opened once: a key deleted from now on is still read whole from the open file.
+        parquet = await asyncio.to_thread(self.cache.open, entry)
+        schema, batches = stored_batches(parquet)  # each bounded in bytes, not only rows
         writer.write(protocol.encode_frame({"ok": True}))
-        rows = 0
-        with pa.ipc.new_stream(_SocketSink(writer), parquet.schema_arrow) as ipc:
+        rows, sent = 0, 0
+        with pa.ipc.new_stream(_SocketSink(writer), schema) as ipc:
             # Reading and decoding Parquet is disk and cpu work: off the event loop.
             while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+                sent += pa.ipc.get_record_batch_size(batch)
+                if sent > self.max_frame_bytes:  # the stream ends; the last frame says why
+                    raise OutputTooLarge(
+                        f"cache key {key} is over {self.max_frame_bytes} bytes as Arrow "
+                        "(sql_max_result_bytes): load() refuses it"
+                    )
                 ipc.write_batch(batch)
                 rows += batch.num_rows
                 await writer.drain()
@@ -196,16 +232,21 @@ class Broker:
         if not isinstance(query, str) or (params is not None and not isinstance(params, dict)):
             raise ValidationError("sql() takes a query string and a dict of parameters")
         checked = await self._check(query, params)
-        log.info("sql for session %s of tenant %s", caller.session_id, caller.tenant)
-        stream = self.database.start(checked, params)
-        # A kernel that hangs up (interrupt, timeout kill) cancels its query at once.
-        hangup = asyncio.ensure_future(reader.read(1))
-        hangup.add_done_callback(lambda _: stream.cancel())
+        # A kernel that hangs up (interrupt, timeout kill) leaves the queue, or cancels its
+        # query at once.
+        hangup: asyncio.Future[bytes] = asyncio.ensure_future(reader.read(1))
         try:
-            await self._write_result(stream, writer)
+            async with self.database.gate.slot(caller.tenant, caller.kernel_id, abandon=hangup):
+                log.info("sql for session %s of tenant %s", caller.session_id, caller.tenant)
+                stream = self.database.start(checked, params)
+                hangup.add_done_callback(lambda _: stream.cancel())
+                try:
+                    await self._write_result(stream, writer)
+                finally:
+                    stream.cancel()
+                    await stream.closed()  # its connection released: the slot may go
         finally:
             hangup.cancel()
-            stream.cancel()
 
     async def _write_result(self, stream: QueryStream, writer: asyncio.StreamWriter) -> None:
         schema = await stream.ready()

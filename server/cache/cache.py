@@ -36,8 +36,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from dataexec_kernel.protocol import answer_columns
+from sqlalchemy.orm.exc import StaleDataError
 
 from server import clock
+from server.cache.downloads import open_frame
 from server.cache.lineage import upload_lineage
 from server.errors import DataExecError, NotFound, QuotaExceeded, ValidationError
 from server.store.database import StoreDatabase
@@ -212,6 +214,14 @@ class Cache:
         return entry
 
     def _touch(self, tenant: str, key: str) -> CacheEntry:
+        try:
+            return self._touch_once(tenant, key)
+        except StaleDataError:
+            # Deleted (or evicted) between our read and our write of last_used: now gone,
+            # so reading again answers NOT_FOUND with why.
+            return self._touch_once(tenant, key)
+
+    def _touch_once(self, tenant: str, key: str) -> CacheEntry:
         with self.store.session() as db, db.begin():
             entry = db.get(CacheEntry, key)
             if entry is None or entry.tenant != tenant or clock.utc(entry.expires) < clock.now():
@@ -233,6 +243,14 @@ class Cache:
 
     def path(self, entry: CacheEntry) -> Path:
         return self.root / entry.path
+
+    def open(self, entry: CacheEntry) -> pq.ParquetFile:
+        """The entry's Parquet file, open: a key deleted after this is still read whole
+        (the file stays readable while open); one deleted before is ``NotFound``."""
+        try:
+            return open_frame(self.path(entry))  # read in bounded batches: downloads.py
+        except FileNotFoundError:
+            raise NotFound(f"cache key {entry.key} was deleted while it was read") from None
 
     async def delete(self, tenant: str, key: str) -> None:
         """Forget a key and remove its file."""

@@ -25,13 +25,16 @@ def answer(payload: protocol.ResultPayload) -> dict[str, Any]:
             "data": None,
             "cache_key": None,
         }
+    metadata = {
+        "row_count": payload["row_count"],
+        "truncated": payload["truncated"],
+        "result_schema": payload["result_schema"],
+    }
+    if payload.get("warnings"):  # renamed columns, values kept as text, cut values or rows
+        metadata["warnings"] = payload["warnings"]
     return {
         "status": "success",
-        "metadata": {
-            "row_count": payload["row_count"],
-            "truncated": payload["truncated"],
-            "result_schema": payload["result_schema"],
-        },
+        "metadata": metadata,
         "data": {"columns": payload["columns"], "rows": payload["rows"]},
         "cache_key": payload.get("cache_key"),
     }

@@ -4,6 +4,14 @@ Handlers stay thin: parse and validate here, call one service, serialize. Every 
 rendered by ``write_error`` as ``{"detail": {"type", "message", ...}}`` with a ``request_id``;
 an unexpected exception becomes ``INTERNAL`` with no internals in the message. Each handler
 declares its operations in ``api``, from which ``/openapi.json`` is built.
+
+Bodies are streamed (``stream_request_body``): ``prepare`` runs once the headers are in,
+refuses a ``Content-Length`` over ``max_body_bytes`` before reading a byte of it, and
+``data_received`` collects the body into ``request.body`` until it would pass the cap (a
+chunked body has no length to check first). Both answer ``413 PAYLOAD_TOO_LARGE`` in the
+error shape; Tornado's own cap, which answers a bare 400, is lifted for our requests.
+Every answer, errors included, carries ``Strict-Transport-Security`` when the server
+serves HTTPS and CORS headers for a configured origin (``cors_origins``; none otherwise).
 """
 
 from __future__ import annotations
@@ -11,10 +19,11 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import orjson
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 from server.auth import Authenticator
 from server.config import Settings, TenantSettings
@@ -30,6 +39,9 @@ from server.runtime import Runtime
 
 log = logging.getLogger("server.http")
 T = TypeVar("T")
+# Tornado's per-request body cap, lifted: data_received applies max_body_bytes itself.
+UNCAPPED = 1 << 62
+HSTS = "max-age=31536000"
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ class Operation:
     accepted: dict[int, str] = field(default_factory=dict)
 
 
+@tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
     """JSON API handler; ``public`` handlers skip authentication."""
 
@@ -68,18 +81,84 @@ class BaseHandler(tornado.web.RequestHandler):
         self.auth = auth
         self.request_id = uuid.uuid4().hex
         self.tenant: TenantSettings | None = None
+        # Grown in place by data_received; read as bytes wherever the body is read.
+        self.request.body = cast(bytes, bytearray())
+        self.body_refused = False
+        self.set_edge_headers()
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
 
+    def set_edge_headers(self) -> None:
+        """HSTS when serving HTTPS; CORS headers when the request comes from a listed origin."""
+        settings = self.settings_obj
+        if settings.tls_cert_file:
+            self.set_header("Strict-Transport-Security", HSTS)
+        if settings.cors_origins:
+            self.set_header("Vary", "Origin")
+            origin = self.request.headers.get("Origin")
+            if origin in settings.cors_origins:
+                self.set_header("Access-Control-Allow-Origin", origin)
+                self.set_header("Access-Control-Expose-Headers", "X-Request-Id, Retry-After")
+
     def prepare(self) -> None:
         self.set_header("X-Request-Id", self.request_id)
-        length = self.request.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > self.settings_obj.max_body_bytes:
-            raise PayloadTooLarge(f"request body over {self.settings_obj.max_body_bytes} bytes")
+        self.refuse_oversized_body()
+        if self.is_preflight():
+            return  # answered by options(); browsers send no token with a preflight
         if not self.public:
             self.tenant = self.auth.authenticate(self.request.headers.get("Authorization"))
+            self.runtime.sessions.limits.admit_request(self.tenant)
+
+    def refuse_oversized_body(self) -> None:
+        """PAYLOAD_TOO_LARGE when Content-Length is over the cap (nothing of it is read)."""
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)
+        connection.set_max_body_size(UNCAPPED)
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.settings_obj.max_body_bytes:
+            raise PayloadTooLarge(f"request body over {self.settings_obj.max_body_bytes} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        body = self.request.body
+        assert isinstance(body, bytearray)
+        if self.body_refused:
+            return
+        if len(body) + len(chunk) > self.settings_obj.max_body_bytes:
+            # Answered now: Tornado drops the rest and closes the connection.
+            self.body_refused = True
+            error = PayloadTooLarge(f"request body over {self.settings_obj.max_body_bytes} bytes")
+            self.send_error(error.status, exc_info=(PayloadTooLarge, error, None))
+            return
+        body += chunk
+
+    def body_unread(self) -> bool:
+        """Whether the request has a body not (yet) read in full (answering before it)."""
+        headers = self.request.headers
+        length = headers.get("Content-Length", "")
+        if length.isdigit():
+            return len(self.request.body) < int(length)
+        return "chunked" in headers.get("Transfer-Encoding", "").lower()
+
+    def is_preflight(self) -> bool:
+        """Whether this is a CORS preflight from a configured origin."""
+        headers = self.request.headers
+        return (
+            self.request.method == "OPTIONS"
+            and headers.get("Origin") in self.settings_obj.cors_origins
+            and "Access-Control-Request-Method" in headers
+        )
+
+    def options(self, *args: str, **kwargs: str) -> None:
+        """A CORS preflight from a configured origin; any other OPTIONS is not allowed."""
+        if not self.is_preflight():
+            raise MethodNotAllowed("method not allowed on this endpoint")
+        self.set_header("Access-Control-Allow-Methods", ", ".join(m.upper() for m in self.api))
+        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
 
     def current_tenant(self) -> TenantSettings:
         """The authenticated tenant (not the operator)."""
@@ -88,8 +167,13 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.tenant
 
     def body(self, kind: type[T]) -> T:
-        """The request body decoded as ``kind`` (see ``bodies``); ValidationError otherwise."""
-        return bodies.decode(self.request.body, kind)
+        """The JSON request body decoded as ``kind`` (see ``bodies``), its code within
+        ``max_code_bytes``: ValidationError or UnsupportedMediaType otherwise."""
+        body = self.request.body
+        bodies.check_json_type(self.request.headers.get("Content-Type"), body)
+        decoded = bodies.decode(body, kind)
+        bodies.check_code_length(decoded, self.settings_obj.max_code_bytes)
+        return decoded
 
     def max_rows(self, value: int | None) -> int:
         """A request's ``max_rows``: the configured default, within the configured cap."""
@@ -109,10 +193,12 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(error, tornado.web.HTTPError) and not isinstance(error, DataExecError):
             error = _from_http_error(error)
         if not isinstance(error, DataExecError):
-            log.error("request %s failed", self.request_id, exc_info=kwargs.get("exc_info"))
             error = DataExecError("internal error; quote the request_id when reporting it")
         self.set_status(error.status)
         self.set_header("X-Request-Id", self.request_id)
+        self.set_edge_headers()
+        if self.body_unread():  # Tornado closes the connection: say so, lest it be reused
+            self.set_header("Connection", "close")
         if error.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="dataexec"')
         if error.retry_after is not None:
@@ -122,13 +208,16 @@ class BaseHandler(tornado.web.RequestHandler):
         )
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        # Our own errors are answers, not server faults: log them briefly.
-        if isinstance(value, DataExecError):
-            log.info(
-                "%s %s -> %s %s", self.request.method, self.request.path, value.status, value.type
-            )
+        # Method and path only: the query string and the headers may carry a token.
+        method, path = self.request.method, self.request.path
+        if isinstance(value, DataExecError):  # an answer, not a server fault: briefly
+            log.info("%s %s -> %s %s", method, path, value.status, value.type)
+        elif isinstance(value, tornado.web.HTTPError):
+            log.info("%s %s -> %s", method, path, value.status_code)
         else:
-            super().log_exception(typ, value, tb)
+            log.error(
+                "%s %s: request %s failed", method, path, self.request_id, exc_info=(typ, value, tb)
+            )
 
 
 def _from_http_error(error: tornado.web.HTTPError) -> DataExecError:

@@ -2,7 +2,10 @@
 
 Each body is a msgspec ``Struct``: handlers decode requests with ``decode`` (a wrong type or
 a missing field is a ``ValidationError`` naming the field, e.g. ``Expected `int`, got `str`
-- at `$.max_rows```), and ``/openapi.json`` takes its schemas from the same declarations.
+- at `$.max_rows```; a field no request declares, such as ``tenant``, too, with every such
+name in ``unknown_fields``), and ``/openapi.json`` takes its schemas from the same
+declarations. A JSON body must come as JSON (``check_json_type``) and code within the
+configured length (``check_code_length``), before anything reaches a kernel.
 Answers are declared here too; a test holds real answers against them, so the document
 stays true.
 """
@@ -14,7 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import Meta, Struct
 
-from server.errors import ValidationError
+from server.errors import UnsupportedMediaType, ValidationError
 
 T = TypeVar("T")
 
@@ -34,15 +37,57 @@ def decode(body: bytes, kind: type[T]) -> T:
     try:
         return msgspec.json.decode(body or b"{}", type=kind)
     except msgspec.ValidationError as exc:
+        unknown = _unknown_fields(body, kind)
+        if unknown:
+            names = ", ".join(f"`{name}`" for name in unknown)
+            raise ValidationError(
+                f"invalid request body: unknown field(s) {names}", unknown_fields=unknown
+            ) from None
         raise ValidationError(f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ValidationError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValidationError("request body is nested too deeply") from None
+
+
+def _unknown_fields(body: bytes, kind: type[Any]) -> list[str]:
+    """The top-level names of ``body`` that ``kind`` does not declare (msgspec names one)."""
+    try:
+        raw = msgspec.json.decode(body or b"{}")
+    except (msgspec.DecodeError, RecursionError):
+        return []
+    if not isinstance(raw, dict) or not issubclass(kind, Struct):
+        return []
+    declared = {f.encode_name for f in msgspec.structs.fields(kind)}
+    return [name for name in raw if name not in declared]
+
+
+def check_json_type(content_type: str | None, body: bytes) -> None:
+    """A JSON body says so: ``application/json`` (any parameters, e.g. charset) or
+    ``application/*+json``; none at all is taken as JSON, as the replaced system took it."""
+    if not body or content_type is None:
+        return
+    media = content_type.partition(";")[0].strip().lower()
+    if media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return
+    raise UnsupportedMediaType(
+        f"send the body as Content-Type: application/json, not {media[:100]!r}"
+    )
+
+
+def check_code_length(body: Any, limit: int) -> None:
+    """ValidationError when the body's ``code`` is over ``limit`` bytes of UTF-8."""
+    code = getattr(body, "code", None)
+    if isinstance(code, str) and len(code) * 4 > limit and len(code.encode()) > limit:
+        raise ValidationError(f"code is over {limit} bytes (max_code_bytes)")
 
 
 # --- requests ----------------------------------------------------------------------------
 
 
-class ExecuteBody(Struct, kw_only=True):
+class ExecuteBody(Struct, kw_only=True, forbid_unknown_fields=True):
     """``POST /execute`` and ``POST /sessions/{id}/execute``."""
 
     code: Annotated[str, Meta(description="Python, or one SQL query")]
@@ -67,7 +112,7 @@ class ExecuteBody(Struct, kw_only=True):
     ) = None
 
 
-class OnDataBody(Struct, kw_only=True):
+class OnDataBody(Struct, kw_only=True, forbid_unknown_fields=True):
     """``POST /execute-on-data``: the code reads ``input_data[name]`` and sets ``result_df``."""
 
     code: str
@@ -85,7 +130,7 @@ class OnDataBody(Struct, kw_only=True):
     max_rows: MaxRows | None = None
 
 
-class SessionBody(Struct, kw_only=True):
+class SessionBody(Struct, kw_only=True, forbid_unknown_fields=True):
     """``POST /sessions``: a new session, optionally replaying a notebook or cells."""
 
     session_id: SessionId | None = None
@@ -109,6 +154,7 @@ class ErrorDetail(Struct, kw_only=True):
     type: str
     message: str
     request_id: str | None = None
+    unknown_fields: list[str] | None = None
     ename: str | None = None
     evalue: str | None = None
     traceback: list[str] | None = None
@@ -139,6 +185,10 @@ class ResultMetadata(Struct, kw_only=True):
     result_schema: list[ColumnSchema]
     execution_time_ms: float | None = None
     cache_error: str | None = None
+    warnings: Annotated[
+        list[str] | None,
+        Meta(description="what the answer changed or left out: renamed columns, cut values"),
+    ] = None
 
 
 class ResultData(Struct):

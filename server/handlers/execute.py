@@ -44,6 +44,7 @@ class ExecuteBase(BaseHandler):
         self.write_json(await self.task)
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()  # ends a body still streaming in
         if (
             self.task is not None
             and not self.task.done()

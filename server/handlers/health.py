@@ -1,4 +1,10 @@
-"""``GET /health`` (no auth, the replaced system's shape plus pool state) and ``GET /pools``."""
+"""``GET /health`` and ``GET /pools``.
+
+``/health`` needs no token and answers what the replaced system's does (``status``,
+``db_dialect``) plus ``version``; the server's state (sandbox, pools, the number of sessions
+across tenants, the database) only to the operator token, since it tells one tenant about
+the others.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +15,25 @@ from server.handlers.bodies import Health, Pools
 
 class HealthHandler(BaseHandler):
     public = True
-    api = {"get": Operation("Liveness, database dialect and pool state", Health, errors=(503,))}
+    api = {
+        "get": Operation(
+            "Liveness, database dialect and version; with the operator token also sandbox, "
+            "pools, sessions and database",
+            Health,
+            errors=(503,),
+        )
+    }
 
     def get(self) -> None:
         ready = self.runtime.started and not self.runtime.closing
-        self.write_json(
-            {
-                "status": "ok" if ready else "starting" if not self.runtime.closing else "stopping",
-                "db_dialect": self.settings_obj.db_dialect,
-                "version": __version__,
-                **self.runtime.health(),
-            },
-            status=200 if ready else 503,
-        )
+        answer = {
+            "status": "ok" if ready else "starting" if not self.runtime.closing else "stopping",
+            "db_dialect": self.settings_obj.db_dialect,
+            "version": __version__,
+        }
+        if self.auth.is_operator(self.request.headers.get("Authorization")):
+            answer.update(self.runtime.health())
+        self.write_json(answer, status=200 if ready else 503)
 
 
 class PoolsHandler(BaseHandler):

@@ -1,7 +1,9 @@
 """``GET /sessions/{id}/notebook``: a session as a notebook an analyst can read and re-run.
 
 ``?format=ipynb`` (default) downloads ``<session>.ipynb``; ``?format=py`` a percent-format
-script (``<session>.py``); ``?outputs=false`` leaves outputs and counts out.
+script (``<session>.py``); ``?outputs=false`` leaves outputs and counts out. Outputs hold
+user-controlled HTML, so the download carries ``DOWNLOAD_HEADERS`` (nosniff, a CSP that lets
+a browser run nothing of it), as cache downloads do.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import nbformat
 from server import __version__, clock
 from server.errors import ValidationError
 from server.handlers.base import BaseHandler, Operation
+from server.handlers.cache import DOWNLOAD_HEADERS
 from server.notebook.export import NotebookSession, build_notebook
 from server.notebook.percent import to_percent_script
 
@@ -33,6 +36,11 @@ class NotebookHandler(BaseHandler):
             },
         )
     }
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        for name, value in DOWNLOAD_HEADERS.items():
+            self.set_header(name, value)
 
     async def get(self, session_id: str) -> None:
         sessions = self.runtime.sessions

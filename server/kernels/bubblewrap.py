@@ -5,10 +5,15 @@ and cgroup namespaces, in a cgroup of its own (memory, pids, cpu), seeing only:
 
     /usr (read-only, with the /bin, /lib, /lib64, /sbin links), the kernel environment
     (read-only), /dataexec/{srv,lib} (read-only), /dataexec/rw (its tmpfs socket dir),
-    a size-capped /tmp, a private /proc and a minimal /dev, and a two-line /etc/passwd.
+    a size-capped /tmp, a private /proc, a minimal read-only /dev with a /dev/shm capped
+    like /tmp, and a two-line /etc/passwd.
 
 Nothing else of the host is bound: not /run, /var/run, the host's /tmp, the state dir or any
 directory holding a unix socket, since a read-only bind does not stop ``connect()``.
+
+The kernel may create no user namespace of its own (``--disable-userns``), and runs under
+the seccomp filter of ``seccomp.py`` (``--seccomp``, handed over on a pipe), which also
+refuses every other namespace, mounts, ptrace and the calls Docker's default profile denies.
 
 The server (root) starts ``sh``, which joins the kernel's cgroup, then ``setpriv`` drops to
 ``kernel_uid`` and execs ``bwrap``: limits apply before the kernel's first instruction.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import shutil
@@ -26,6 +32,7 @@ from pathlib import Path
 
 from server.config import Settings
 from server.errors import SandboxUnavailable
+from server.kernels import seccomp
 from server.kernels.cgroups import KernelCgroup, cgroup_version, check_writable, orphan_cgroups
 from server.kernels.kerneldir import remove_kernel_dir
 from server.kernels.sandbox import (
@@ -93,6 +100,22 @@ class BubblewrapKernel(SandboxedKernel):
         return b"".join(self.stderr_tail).decode(errors="replace")[-STDERR_TAIL_BYTES:]
 
 
+def filter_pipe(program: bytes) -> int:
+    """The read end of a pipe holding ``program`` then its end, as ``bwrap --seccomp`` reads
+    it. A few KiB: it fits in the pipe's buffer, so writing it never blocks."""
+    read_fd, write_fd = os.pipe()
+    try:
+        view = memoryview(program)
+        while view:
+            view = view[os.write(write_fd, view) :]
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return read_fd
+
+
 class BubblewrapSandbox(Sandbox):
     """Starts kernels under bubblewrap; see the module docstring for what they can see."""
 
@@ -107,9 +130,24 @@ class BubblewrapSandbox(Sandbox):
     def available(cls) -> bool:
         return shutil.which("bwrap") is not None
 
+    @functools.cached_property
+    def seccomp_filter(self) -> bytes:
+        """The BPF program every kernel runs under (SandboxUnavailable on an unknown arch)."""
+        return seccomp.program()
+
     async def check(self) -> None:
+        # A pool meant for gVisor must not quietly run under the host kernel instead.
+        docker_only = [
+            f"pools.{n}" for n, pool in self.settings.pools.items() if pool.docker_runtime
+        ]
+        if docker_only:
+            raise SandboxUnavailable(
+                f"{', '.join(docker_only)} name a docker_runtime, but kernels run under "
+                "bubblewrap (sandbox = docker needs an engine with the kernel image)"
+            )
         if not self.available():
             raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap)")
+        self.seccomp_filter  # noqa: B018 - raises here, at start, on an unknown arch
         if not self.python.exists():
             raise SandboxUnavailable(
                 f"no kernel environment at {self.settings.kernel_env}; "
@@ -131,12 +169,17 @@ class BubblewrapSandbox(Sandbox):
             )
             self.use_cgroups = False
 
-    def bwrap_argv(self, spec: LaunchSpec) -> list[str]:
-        """The bwrap command line for one kernel (explicit, minimal binds)."""
+    def bwrap_argv(self, spec: LaunchSpec, seccomp_fd: int) -> list[str]:
+        """The bwrap command line for one kernel (explicit, minimal binds), its seccomp
+        filter to be read from ``seccomp_fd``."""
         kdir, env_dir = spec.kernel_dir, str(self.settings.kernel_env)
         argv = [
             "bwrap",
             "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
+            "--seccomp",
+            str(seccomp_fd),
             "--die-with-parent",
             "--new-session",
             "--cap-drop",
@@ -173,6 +216,14 @@ class BubblewrapSandbox(Sandbox):
             "/proc",
             "--dev",
             "/dev",
+            # bwrap's /dev is a tmpfs without a size, owned by the kernel uid: cap /dev/shm
+            # as /tmp is capped (as Docker's shm_size does) and make the rest read-only.
+            "--size",
+            str(spec.limits.tmp_bytes),
+            "--tmpfs",
+            "/dev/shm",
+            "--remount-ro",
+            "/dev",
             "--size",
             str(spec.limits.tmp_bytes),
             "--tmpfs",
@@ -201,20 +252,25 @@ class BubblewrapSandbox(Sandbox):
             )
             cgroup.create(spec.limits.memory_bytes, spec.limits.pids, spec.limits.cpus)
         procs = [str(p) for p in cgroup.procs_files] if cgroup else []
-        process = await asyncio.create_subprocess_exec(
-            "sh",
-            "-c",
-            LAUNCHER,
-            "launcher",
-            str(uid),
-            *procs,
-            "--",
-            *self.bwrap_argv(spec),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        )
+        filter_fd = filter_pipe(self.seccomp_filter)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                "sh",
+                "-c",
+                LAUNCHER,
+                "launcher",
+                str(uid),
+                *procs,
+                "--",
+                *self.bwrap_argv(spec, filter_fd),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                pass_fds=(filter_fd,),
+            )
+        finally:
+            os.close(filter_fd)
         return BubblewrapKernel(spec.kernel_id, process, cgroup)
 
     async def reap_orphans(self) -> int:

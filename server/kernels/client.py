@@ -8,23 +8,36 @@ Output is bounded twice: every socket has ``zmq.MAXMSGSIZE`` (a larger message d
 connection, which a monitor socket reports), and the bytes of one execution's messages are
 counted; past the cap the execution ends with ``OutputTooLarge`` and the caller replaces the
 kernel. So a flood cannot make the server buffer more than the cap.
+
+Output that belongs to no running request (a background thread printing after its cell
+answered: the kernel attributes it to the cell that started the thread) is dropped, never
+buffered: between executions a drain task reads iopub and discards every message unread,
+and during one a message of another request is recognised by its parent id alone (no
+signature check, no decoding of its content) and skipped. So it costs neither memory (ZMQ
+would otherwise queue up to its high-water mark of such messages, each up to the size
+cap) nor the next cell's time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import nbformat
+import orjson
 import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 from zmq.utils.monitor import parse_monitor_message
 
 from server.errors import KernelDied, OutputTooLarge
+
+log = logging.getLogger(__name__)
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 OUTPUT_MSG_TYPES = ("stream", "display_data", "execute_result", "error", "update_display_data")
@@ -87,12 +100,57 @@ class KernelClient:
         self.control = connect(zmq.DEALER, "control")
         self.closed = False
         self.lost = False  # a channel dropped (kernel died, or a message over the size cap)
+        self._drain: asyncio.Task[None] | None = None  # reads iopub between executions
 
-    async def _recv(self, sock: zmq.asyncio.Socket) -> tuple[dict[str, Any], int]:
+    def _start_draining(self) -> None:
+        """Between executions: drop whatever iopub brings (it answers no request of ours)."""
+        if not self.closed and self._drain is None:
+            self._drain = asyncio.ensure_future(self._discard_iopub())
+
+    def _stop_draining(self) -> None:
+        # Cancelling the task cancels its pending receive at once (pyzmq then leaves the
+        # message queued), so nothing of the request sent next can be lost to it.
+        drain, self._drain = self._drain, None
+        if drain is not None:
+            drain.cancel()
+
+    async def _discard_iopub(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):  # closed under us: the kernel is gone
+            while True:
+                await self.iopub.recv_multipart(copy=False)
+
+    async def _recv(self, sock: zmq.asyncio.Socket) -> dict[str, Any] | None:
+        """The next message on ``sock``, or None if it is not a well-formed message."""
+        frames = await sock.recv_multipart(copy=True)
+        return self._decoded(frames)
+
+    async def _recv_reply_to(
+        self, sock: zmq.asyncio.Socket, msg_id: str
+    ) -> tuple[dict[str, Any] | None, int]:
+        """The next message on ``sock`` if it answers request ``msg_id`` (None otherwise),
+        and its size. Another request's message is skipped unverified and undecoded."""
         frames = await sock.recv_multipart(copy=True)
         size = sum(len(f) for f in frames)
-        _, parts = self.session.feed_identities(frames, copy=True)
-        return self.session.deserialize(parts, content=True, copy=True), size
+        try:
+            _, parts = self.session.feed_identities(frames, copy=True)
+        except ValueError:  # no delimiter: not a Jupyter message
+            return None, size
+        if _parent_id(parts) != msg_id:
+            return None, 0
+        return self._decoded(frames), size
+
+    def _decoded(self, frames: list[bytes]) -> dict[str, Any] | None:
+        # The tenant's code runs in the kernel and holds its signing key, so a signed
+        # message proves nothing: whatever does not decode into the fields we read is
+        # dropped (it counts against the output budget all the same).
+        try:
+            _, parts = self.session.feed_identities(frames, copy=True)
+            msg = self.session.deserialize(parts, content=True, copy=True)
+        except Exception:  # jupyter_client raises ValueError, KeyError, TypeError, ...
+            log.debug("dropped a malformed message from a kernel")
+            return None
+        well_formed = isinstance(msg.get("content"), dict) and isinstance(msg.get("msg_type"), str)
+        return msg if well_formed else None
 
     def channels_lost(self) -> bool:
         """Whether a channel has dropped since we last looked (cheap: no system call waits).
@@ -131,13 +189,16 @@ class KernelClient:
                 self.session.send(self.shell, "kernel_info_request", {})
                 last_sent = time.monotonic()
             for sock, _ in await poller.poll(50):
-                msg, _ = await self._recv(sock)
+                msg = await self._recv(sock)
+                if msg is None:
+                    continue
                 if sock is self.shell and msg["msg_type"] == "kernel_info_reply":
                     replied = True
                 elif sock is self.iopub:
                     # Any message proves the subscription works (the kernel publishes a
                     # status for each of our requests).
                     published = True
+        self._start_draining()
 
     async def execute(
         self,
@@ -149,6 +210,21 @@ class KernelClient:
         silent: bool = False,
     ) -> Execution:
         """Run ``code``; raise ExecutionTimedOut or OutputTooLarge, else return the Execution."""
+        self._stop_draining()
+        try:
+            return await self._execute(code, user_expressions, timeout, output_limit, alive, silent)
+        finally:
+            self._start_draining()
+
+    async def _execute(
+        self,
+        code: str,
+        user_expressions: dict[str, str],
+        timeout: float,
+        output_limit: int,
+        alive: Any,
+        silent: bool,
+    ) -> Execution:
         started = time.perf_counter()
         content = {
             "code": code,
@@ -183,35 +259,22 @@ class KernelClient:
                         self.lost = True
                         raise ChannelLost()
                     continue
-                msg, size = await self._recv(sock)
-                if msg["parent_header"].get("msg_id") != msg_id:
-                    continue
+                msg, size = await self._recv_reply_to(sock, msg_id)
                 used += size
                 if used > output_limit:
                     raise OutputTooLarge(
                         f"the cell produced more than {output_limit} bytes of output"
                     )
+                if msg is None:
+                    continue
                 if sock is self.shell:
                     reply = msg
                 elif msg["msg_type"] == "status":
-                    idle = msg["content"]["execution_state"] == "idle"
+                    idle = msg["content"].get("execution_state") == "idle"
                 elif msg["msg_type"] in OUTPUT_MSG_TYPES:
                     _append_output(outputs, msg)
         assert reply is not None
-        result = reply["content"]
-        execution = Execution(
-            status=result["status"],
-            outputs=outputs,
-            user_expressions=result.get("user_expressions", {}),
-            elapsed_ms=(time.perf_counter() - started) * 1000,
-        )
-        if result["status"] == "error":
-            execution.error = {
-                "ename": result.get("ename", ""),
-                "evalue": result.get("evalue", ""),
-                "traceback": [strip_ansi(t) for t in result.get("traceback", [])],
-            }
-        return execution
+        return _execution(reply["content"], outputs, (time.perf_counter() - started) * 1000)
 
     async def wait_idle(self, timeout: float) -> bool:
         """After an interrupt: wait for the kernel's execute_reply of the running cell."""
@@ -219,8 +282,8 @@ class KernelClient:
         while (remaining := deadline - time.monotonic()) > 0:
             if not await self.shell.poll(remaining * 1000):
                 return False
-            msg, _ = await self._recv(self.shell)
-            if msg["msg_type"] == "execute_reply":
+            msg = await self._recv(self.shell)
+            if msg is not None and msg["msg_type"] == "execute_reply":
                 return True
         return False
 
@@ -232,6 +295,7 @@ class KernelClient:
 
     def close(self) -> None:
         self.closed = True
+        self._stop_draining()
         # Stop each monitor first: a monitor's inproc endpoint is named after its socket's fd,
         # and one left bound makes a later socket on the same fd fail or stall.
         for sock in self.sockets:
@@ -241,13 +305,52 @@ class KernelClient:
             sock.close(linger=0)
 
 
+def _parent_id(parts: list[Any]) -> str | None:
+    """The parent msg_id of a message's parts (signature, header, parent header, ...), read
+    without checking the signature: only to skip messages that answer no request of ours."""
+    try:
+        parent = orjson.loads(parts[2])
+    except (IndexError, orjson.JSONDecodeError):
+        return None
+    return parent.get("msg_id") if isinstance(parent, dict) else None
+
+
+def _execution(result: dict[str, Any], outputs: list[dict[str, Any]], ms: float) -> Execution:
+    """The Execution an execute_reply's content describes; fields a kernel got wrong read as
+    an error of the cell (its code may have forged the reply)."""
+    status = result.get("status")
+    expressions = result.get("user_expressions")
+    execution = Execution(
+        status=status if status in ("ok", "error", "aborted") else "error",
+        outputs=outputs,
+        user_expressions=expressions if isinstance(expressions, dict) else {},
+        elapsed_ms=ms,
+    )
+    if execution.status == "error":
+        traceback = result.get("traceback")
+        execution.error = {
+            "ename": str(result.get("ename", "")) if status == "error" else "MalformedReply",
+            "evalue": str(result.get("evalue", "")) if status == "error" else repr(status)[:200],
+            "traceback": [strip_ansi(str(t)) for t in traceback]
+            if isinstance(traceback, list)
+            else [],
+        }
+    return execution
+
+
 def _append_output(outputs: list[dict[str, Any]], msg: dict[str, Any]) -> None:
     """Add an iopub output as an nbformat v4 output, merging consecutive stream chunks."""
     if msg["msg_type"] == "update_display_data":
         return
-    output = nbformat.v4.output_from_msg(msg)
-    if output["output_type"] == "error":
-        output["traceback"] = [strip_ansi(t) for t in output["traceback"]]
+    try:
+        output = nbformat.v4.output_from_msg(msg)
+        if output["output_type"] == "error":
+            output["traceback"] = [strip_ansi(str(t)) for t in output["traceback"]]
+        if output["output_type"] == "stream" and not isinstance(output["text"], str):
+            raise TypeError("stream text")
+    except (KeyError, TypeError, ValueError):
+        log.debug("dropped a malformed %s message from a kernel", msg["msg_type"])
+        return
     if (
         output["output_type"] == "stream"
         and outputs

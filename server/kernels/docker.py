@@ -1,11 +1,18 @@
 """The Docker sandbox: one locked-down container per kernel, driven with docker-py.
 
 Each kernel runs in its own container of the kernel image (Dockerfile.kernel): network
-mode ``none``, read-only root file system, a size-capped tmpfs on /tmp, every capability
-dropped, no-new-privileges, the engine's default seccomp profile, pids/memory/cpu limits,
-and tini as PID 1. The kernel's directory is bind-mounted in (``srv`` read-only, ``rw``
-writable, where the ZMQ ipc sockets live) next to the dataexec_kernel package; nothing
-else of the host is visible, and the kernel's environment is only ``LaunchSpec.kernel_env``.
+mode ``none``, read-only root file system, a size-capped tmpfs on /tmp and /dev/shm capped
+alike, every capability dropped, no-new-privileges, the engine's default seccomp profile
+and on top of it DataExec's own filter (``seccomp.py``, installed inside the container
+before the kernel starts, so the same calls are refused as under bubblewrap, and under
+gVisor too, which does not apply the engine's profile), pids/memory/cpu limits, and tini as
+PID 1. The kernel's directory is bind-mounted in (``srv`` read-only, ``rw`` writable, where
+the ZMQ ipc sockets live) next to the dataexec_kernel package; nothing else of the host is
+visible, and the kernel's environment is only ``LaunchSpec.kernel_env``.
+
+A pool's ``docker_runtime`` picks the OCI runtime of its containers: the engine's default
+(runc), or ``runsc`` (gVisor), which the engine must know (``scripts/docker-engine``
+registers it); ``check`` refuses to start otherwise.
 
 docker-py is blocking, so every call runs on this sandbox's thread pool and is awaited;
 docker-py and requests exceptions are translated into our errors in one place,
@@ -17,6 +24,7 @@ left behind.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
@@ -33,6 +41,8 @@ from docker.types import LogConfig
 from docker.utils import version_lt
 
 from server.config import Settings
+from server.errors import SandboxUnavailable
+from server.kernels import seccomp
 from server.kernels.engine import docker_client, map_docker_errors
 from server.kernels.sandbox import (
     LIB_MOUNT,
@@ -61,6 +71,7 @@ KILLED_EXIT_CODE = 137
 # container log on the host's disk; cap it so a kernel cannot fill that disk.
 LOG_CONFIG = LogConfig(type=LogConfig.types.JSON, config={"max-size": "1m", "max-file": "1"})
 CONTAINER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
+SECCOMP_FILE = "seccomp.bpf"  # in the kernel dir's srv part
 ENGINE_TIMEOUT_S = 60
 PROBE_TIMEOUT_S = 5
 WORKERS = 8
@@ -171,7 +182,8 @@ class DockerSandbox(Sandbox):
 
     @classmethod
     def available(cls, settings: Settings) -> bool:
-        """Whether an engine answers and has the kernel image (what ``sandbox = "auto"`` asks).
+        """Whether an engine answers, has the kernel image and knows every runtime the pools
+        name (what ``sandbox = "auto"`` asks).
 
         Blocking, with a short timeout: called once at start, before the event loop serves.
         """
@@ -181,11 +193,11 @@ class DockerSandbox(Sandbox):
             return False
         try:
             client.api.inspect_image(settings.docker_image)
+            return not missing_runtimes(settings, client.api)
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             return False
         finally:
             client.close()
-        return True
 
     def _api(self) -> docker.APIClient:
         """The low-level client, made on first use (making it talks to the engine)."""
@@ -204,13 +216,35 @@ class DockerSandbox(Sandbox):
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
     async def check(self) -> None:
-        """Raise SandboxUnavailable unless the engine answers and has the kernel image."""
+        """Raise SandboxUnavailable unless the engine answers, has the kernel image and knows
+        every runtime the pools name; and unless this machine has a seccomp table."""
+        self.seccomp_filter  # noqa: B018 - raises here, at start, on an unknown arch
 
-        def probe(api: docker.APIClient) -> None:
+        def probe(api: docker.APIClient) -> dict[str, str]:
             api.ping()
             api.inspect_image(self.image)
+            return missing_runtimes(self.settings, api)
 
-        await self.call("look up the kernel image", probe)
+        missing = await self.call("look up the kernel image", probe)
+        if missing:
+            named = ", ".join(
+                f"pools.{pool}.docker_runtime = {rt!r}" for pool, rt in missing.items()
+            )
+            raise SandboxUnavailable(
+                f"the Docker engine does not know the runtime of {named}: register it "
+                "(scripts/docker-engine does for runsc, see docs/security.md) or change it"
+            )
+
+    @functools.cached_property
+    def seccomp_filter(self) -> bytes:
+        """The BPF program installed in every kernel container (SandboxUnavailable on an
+        unknown arch)."""
+        return seccomp.program()
+
+    def runtime_of(self, pool: str) -> str:
+        """The OCI runtime of ``pool``'s containers; "" for the engine's default."""
+        settings = self.settings.pools.get(pool)
+        return settings.docker_runtime if settings is not None else ""
 
     def _create_args(self, spec: LaunchSpec) -> dict[str, Any]:
         settings, limits = self.settings, spec.limits
@@ -224,6 +258,7 @@ class DockerSandbox(Sandbox):
                 str(spec.lib_dir): {"bind": LIB_MOUNT, "mode": "ro"},
             },
             tmpfs={"/tmp": f"size={limits.tmp_bytes},mode=1777,nosuid,nodev"},
+            shm_size=limits.tmp_bytes,
             network_mode="none",
             read_only=True,
             cap_drop=["ALL"],
@@ -233,6 +268,7 @@ class DockerSandbox(Sandbox):
             memswap_limit=limits.memory_bytes,
             cpu_period=period,
             cpu_quota=quota,
+            runtime=self.runtime_of(spec.pool) or None,
             init=True,
             auto_remove=False,
             log_config=LOG_CONFIG,
@@ -240,7 +276,9 @@ class DockerSandbox(Sandbox):
         name = f"dataexec-{spec.kernel_id}"
         return dict(
             image=self.image,
-            command=spec.kernel_argv(KERNEL_PYTHON),
+            command=seccomp.loader_argv(
+                KERNEL_PYTHON, f"{SRV_MOUNT}/{SECCOMP_FILE}", spec.kernel_argv(KERNEL_PYTHON)
+            ),
             user=f"{uid}:{uid}",
             environment=spec.kernel_env(),
             working_dir="/tmp",
@@ -257,6 +295,9 @@ class DockerSandbox(Sandbox):
         """Create and start the kernel's container; return once it runs."""
 
         def start(api: docker.APIClient) -> str:
+            filter_file = spec.kernel_dir / "srv" / SECCOMP_FILE
+            filter_file.write_bytes(self.seccomp_filter)
+            filter_file.chmod(0o644)
             container_id: str = api.create_container(**self._create_args(spec))["Id"]
             try:
                 api.start(container_id)
@@ -293,6 +334,16 @@ class DockerSandbox(Sandbox):
         if client is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, client.close)
         self._executor.shutdown(wait=False)
+
+
+def missing_runtimes(settings: Settings, api: docker.APIClient) -> dict[str, str]:
+    """The pools whose ``docker_runtime`` the engine does not know, with that runtime."""
+    wanted = {name: pool.docker_runtime for name, pool in settings.pools.items()}
+    wanted = {name: runtime for name, runtime in wanted.items() if runtime}
+    if not wanted:
+        return {}
+    known = set(api.info().get("Runtimes") or {})
+    return {name: runtime for name, runtime in wanted.items() if runtime not in known}
 
 
 @contextmanager

@@ -3,6 +3,9 @@
 ``Kernel.run`` turns every way a cell can go wrong into our errors and records whether the
 kernel survived: after a timeout that an interrupt did not end, an output flood, a memory
 kill or a crash, ``Kernel.lost`` names why and the session gets a fresh kernel next time.
+A kernel shut down while a cell runs in it (its session deleted or restarted, the server
+stopping) stops that cell at once: ``run`` answers ``Cancelled`` with ``Kernel.lost`` as the
+reason, whoever shut it down.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ import zmq.asyncio
 from dataexec_kernel import protocol
 
 from server.config import PoolSettings, Settings
-from server.errors import DataExecError, ExecutionTimeout, KernelDied, OutOfMemory, OutputTooLarge
+from server.errors import (
+    Cancelled,
+    DataExecError,
+    ExecutionTimeout,
+    KernelDied,
+    OutOfMemory,
+    OutputTooLarge,
+)
 from server.kernels.client import ChannelLost, Execution, ExecutionTimedOut, KernelClient
 from server.kernels.kerneldir import KernelDir, new_connection_info
 from server.kernels.sandbox import ENV_ALLOW_LIST, LaunchSpec, Limits, Sandbox, SandboxedKernel
@@ -64,6 +74,7 @@ class Kernel:
         self.lost: str | None = None  # why the kernel can no longer be used
         self.interrupt_grace = interrupt_grace
         self._closed = False
+        self._execution: asyncio.Future[Execution] | None = None  # the cell running now
 
     @property
     def broker_socket(self) -> Path:
@@ -107,12 +118,20 @@ class Kernel:
         ``silent`` runs it outside the history (no count, no pre/post-cell hooks).
         """
         timeout = self.pool.timeout_s
-        try:
-            return await self.client.execute(
+        if self._closed:
+            raise self._shut_down()
+        # A task of its own, so that ``shutdown`` can stop it without cancelling the caller.
+        self._execution = execution = asyncio.ensure_future(
+            self.client.execute(
                 code, user_expressions, timeout, output_limit, self.alive, silent=silent
             )
+        )
+        try:
+            return await execution
         except ExecutionTimedOut:
             stopped = await self.stop_running_cell()
+            if self._closed and self.lost != "timeout":
+                raise self._shut_down() from None
             raise ExecutionTimeout(
                 f"execution exceeded the {timeout:g} s limit and was "
                 + ("interrupted" if stopped else "killed with its kernel")
@@ -121,19 +140,35 @@ class Kernel:
             await self.discard("output_too_large")
             raise
         except ChannelLost:
+            if self._closed:
+                raise self._shut_down() from None
             raise await self._death_error(output_limit) from None
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and not (task is not None and task.cancelling()):
+                raise self._shut_down() from None  # shutdown() stopped the cell, not our caller
             # The client went away: stop the cell so the kernel is free for the next request.
             await asyncio.shield(self.stop_running_cell())
             raise
+        finally:
+            self._execution = None
+
+    def _shut_down(self) -> Cancelled:
+        reason = self.lost or "shut_down"
+        return Cancelled(f"the cell's kernel was shut down while it ran ({reason})", reason=reason)
 
     async def stop_running_cell(self) -> bool:
         """Interrupt the running cell; kill the kernel if it does not stop. True if it stopped."""
         if self._closed:
             return False
         self.interrupt()
-        if await self.client.wait_idle(self.interrupt_grace):
-            return True
+        try:
+            if await self.client.wait_idle(self.interrupt_grace):
+                return True
+        except zmq.ZMQError:  # shut down meanwhile: its channels were closed under us
+            if not self._closed:
+                raise
+            return False
         await self.discard("timeout")
         return False
 
@@ -167,6 +202,8 @@ class Kernel:
             return
         self._closed = True
         self.lost = self.lost or "shut_down"
+        if self._execution is not None:
+            self._execution.cancel()  # its ``run`` answers Cancelled
         self.client.close()
         try:
             await self.process.kill()

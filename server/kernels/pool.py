@@ -12,6 +12,12 @@ is in flight. Past the limit a request waits up to ``capacity_wait_s``, then get
 
 Waiters are served first come, first served: a kernel that becomes ready goes to the oldest
 waiter, and only when nobody waits does it join the idle queue.
+
+Tenants that share a pool each get a fair share of it: ``max_kernels`` divided by the number
+of tenants that may use the pool (at least one). A tenant holding (or waiting for) its share
+is refused at once with ``RateLimited``, so the shares together never exceed ``max_kernels``
+and a tenant under its share always gets a kernel, however many another one asks for. A pool
+of one tenant is all its share: past ``max_kernels`` it waits, then gets ``Capacity``.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from server.config import PoolSettings
-from server.errors import Capacity, DataExecError, KernelDied
+from server.errors import Capacity, DataExecError, KernelDied, RateLimited
 from server.kernels.kernel import Kernel
 
 log = logging.getLogger(__name__)
@@ -40,8 +47,12 @@ class KernelPool:
         start_kernel: Starter,
         capacity_wait_s: float,
         start_timeout_s: float,
+        tenants_sharing: int = 1,
     ) -> None:
         self.settings = settings
+        self.tenant_share = max(1, settings.max_kernels // max(1, tenants_sharing))
+        self.held: collections.Counter[str] = collections.Counter()  # tenant -> held or awaited
+        self.owners: dict[str, str] = {}  # kernel id -> the tenant it was handed to
         self.start_kernel = start_kernel
         self.capacity_wait_s = capacity_wait_s
         self.start_timeout_s = start_timeout_s
@@ -69,6 +80,7 @@ class KernelPool:
             "in_use": self.in_use,
             "waiting": len(self.waiters),
             "max_kernels": self.settings.max_kernels,
+            "tenant_share": self.tenant_share,
             "min_idle": self.settings.min_idle,
             "started_total": self.started_total,
             "start_failures": self.start_failures,
@@ -124,8 +136,33 @@ class KernelPool:
                 return
         self.idle.append(kernel)
 
-    async def acquire(self) -> Kernel:
-        """A ready kernel that no session has used; waits for one within the limits."""
+    async def acquire(self, tenant: str = "") -> Kernel:
+        """A ready kernel that no session has used, for ``tenant`` within its share of the
+        pool; waits for one within the limits."""
+        if self.tenant_share < self.settings.max_kernels and self.held[tenant] >= self.tenant_share:
+            refused = RateLimited(
+                f"this tenant holds its share of pool {self.name!r} ({self.tenant_share} of "
+                f"{self.settings.max_kernels} kernels); end a session or retry later",
+                pool=self.name,
+                tenant_share=self.tenant_share,
+            )
+            refused.retry_after = math.ceil(self.capacity_wait_s) or 1
+            raise refused
+        self.held[tenant] += 1
+        try:
+            kernel = await self._acquire()
+        except BaseException:
+            self._let_go(tenant)
+            raise
+        self.owners[kernel.kernel_id] = tenant
+        return kernel
+
+    def _let_go(self, tenant: str) -> None:
+        self.held[tenant] -= 1
+        if self.held[tenant] <= 0:
+            del self.held[tenant]
+
+    async def _acquire(self) -> Kernel:
         while self.idle:
             kernel = self.idle.popleft()
             # Counted while it is checked (the check may ask the sandbox): a concurrent
@@ -160,6 +197,9 @@ class KernelPool:
     def release(self, kernel: Kernel) -> None:
         """Take back a handed-out kernel: it is destroyed, and the pool refills."""
         self.in_use -= 1
+        tenant = self.owners.pop(kernel.kernel_id, None)
+        if tenant is not None:
+            self._let_go(tenant)
         self._destroy(kernel)
 
     def _destroy(self, kernel: Kernel) -> None:

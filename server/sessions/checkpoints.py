@@ -8,16 +8,23 @@ store); the notebook export waits for the writes too.
 
 When a session gets a fresh kernel, ``restore`` loads the checkpointed frames back into it
 before anything runs there.
+
+The kernel reports the checkpoint keys, and a kernel runs untrusted code: ``minted`` keeps
+only keys the cache made for the session's tenant (the same check guards a step's result
+key); any other is dropped with a warning, so neither ``GET .../variables`` nor a restore
+ever names it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from dataexec_kernel import protocol
 
 from server import clock
+from server.cache.cache import KEY
 from server.kernels.kernel import Kernel
 from server.sessions import execution
 from server.sessions.history import ExecutionRecord, FrameRecord
@@ -25,6 +32,8 @@ from server.sessions.records import SessionRecords
 from server.sessions.session import Session
 
 log = logging.getLogger(__name__)
+
+FORGED_KEY = "the kernel reported a cache key the server did not make for this tenant"
 
 
 class Checkpoints:
@@ -85,12 +94,36 @@ class Checkpoints:
                 "session %s: recording step %d failed", session.id, record.execution_count
             )
 
+    async def minted(self, session: Session, keys: list[Any]) -> set[str]:
+        """Those of ``keys`` (as a kernel reported them) that the cache made for the
+        session's tenant; the others are logged as forged."""
+        wellformed = [k for k in keys if isinstance(k, str) and KEY.match(k)]
+        found = (
+            await asyncio.to_thread(self.records.minted, session.tenant, wellformed)
+            if wellformed
+            else set()
+        )
+        for key in keys:
+            if not (isinstance(key, str) and key in found):
+                log.warning("session %s: %s (%.12r); dropped", session.id, FORGED_KEY, key)
+        return found
+
+    async def is_minted(self, session: Session, key: Any) -> bool:
+        """Whether ``key``, as a kernel reported it, is one the cache made for the tenant."""
+        return isinstance(key, str) and key in await self.minted(session, [key])
+
     async def _checkpoint(self, session: Session, kernel: Kernel) -> list[FrameRecord]:
         answer: protocol.CheckpointPayload = await execution.ask(
             kernel, protocol.checkpoint_expression(self.budget_bytes), self.output_limit
         )
         now = clock.now()
         previous = session.frames
+        reported = [f["cache_key"] for f in answer["frames"] if f["cache_key"] is not None]
+        minted = await self.minted(session, reported) if reported else set()
+        for f in answer["frames"]:
+            key = f["cache_key"]
+            if key is not None and not (isinstance(key, str) and key in minted):
+                f["cache_key"], f["note"] = None, f"{FORGED_KEY}: not restorable"
         frames = [
             FrameRecord(
                 name=f["name"],

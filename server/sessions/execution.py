@@ -111,10 +111,7 @@ def _literal_rows(name: str, rows: Any) -> str:
 async def ask(kernel: Kernel, expression: str, output_limit: int) -> Any:
     """Evaluate one helper call silently (no history, no count) and decode its payload."""
     execution = await kernel.run("", {protocol.EXPRESSION: expression}, output_limit, silent=True)
-    captured = execution.user_expressions.get(protocol.EXPRESSION, {})
-    if captured.get("status") != "ok":
-        raise KernelDied(f"the kernel failed a helper call: {captured.get('evalue', '')}")
-    return orjson.loads(captured["data"][protocol.RESULT_MIMETYPE])
+    return _captured(execution, "a helper call's result")
 
 
 def failure(execution: Execution, context: dict[str, Any]) -> DataExecError:
@@ -132,8 +129,24 @@ def failure(execution: Execution, context: dict[str, Any]) -> DataExecError:
 
 def result_payload(execution: Execution) -> protocol.ResultPayload:
     """What the kernel's result capture reported for the cell."""
-    captured = execution.user_expressions.get(protocol.EXPRESSION, {})
-    if captured.get("status") != "ok":
-        raise KernelDied("the kernel did not report the cell's result")
-    payload: protocol.ResultPayload = orjson.loads(captured["data"][protocol.RESULT_MIMETYPE])
+    payload: protocol.ResultPayload = _captured(execution, "the cell's result")
+    return payload
+
+
+def _captured(execution: Execution, what: str) -> Any:
+    """The decoded payload of our user expression. The kernel runs the tenant's code, which
+    can replace the capture: anything but a well-formed payload is KERNEL_DIED, never a
+    crash of the server's request."""
+    captured = execution.user_expressions.get(protocol.EXPRESSION)
+    if not isinstance(captured, dict) or captured.get("status") != "ok":
+        evalue = captured.get("evalue", "") if isinstance(captured, dict) else ""
+        raise KernelDied(f"the kernel did not report {what}" + (f": {evalue}" if evalue else ""))
+    data = captured.get("data")
+    encoded = data.get(protocol.RESULT_MIMETYPE) if isinstance(data, dict) else None
+    try:
+        payload = orjson.loads(encoded) if isinstance(encoded, str) else None
+    except orjson.JSONDecodeError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise KernelDied(f"the kernel reported {what} in a form DataExec does not know")
     return payload

@@ -36,6 +36,7 @@ from server.cache.cache import Cache
 from server.cache.results import answer, table_result
 from server.config import Settings, TenantSettings
 from server.errors import (
+    Cancelled,
     Conflict,
     DataExecError,
     Forbidden,
@@ -47,12 +48,13 @@ from server.errors import (
 from server.kernels.kernel import Kernel
 from server.kernels.pool import KernelPool
 from server.sessions import execution
-from server.sessions.checkpoints import Checkpoints
+from server.sessions.checkpoints import FORGED_KEY, Checkpoints
 from server.sessions.execution import ExecutionRequest
 from server.sessions.history import ExecutionRecord
+from server.sessions.limits import TenantLimits
 from server.sessions.records import SessionRecords
 from server.sessions.replay import Replay
-from server.sessions.session import SESSION_ID, Replacement, Session, check_id
+from server.sessions.session import SESSION_ID, Replacement, Session, cancelled, check_id
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class SessionManager:
             records, settings.checkpoint_budget_bytes, settings.output_limit_bytes
         )
         self.sessions: dict[tuple[str, str], Session] = {}
+        self.limits = TenantLimits()
         self.throwaway_running = 0
         self.closing = False
 
@@ -132,6 +135,9 @@ class SessionManager:
         return [s for s in found if s is not None]
 
     async def _new(self, tenant: TenantSettings, client_id: str, pool: str | None) -> Session:
+        if (tenant.name, client_id) in self.sessions:  # made by a request that raced ours
+            raise Conflict(f"session {client_id!r} already exists")
+        self.limits.admit_session(tenant, sum(t == tenant.name for t, _ in self.sessions))
         session = Session(
             tenant=tenant.name, client_id=client_id, pool=self._pool_for(tenant, pool)
         )
@@ -141,9 +147,15 @@ class SessionManager:
                 self.records.create, session.id, tenant.name, client_id, session.pool.name
             )
         except Exception:
-            self.sessions.pop((tenant.name, client_id), None)
+            self._forget(session)
             raise
         return session
+
+    def _forget(self, session: Session) -> None:
+        """Drop ``session`` from memory unless its id already names a newer one."""
+        key = (session.tenant, session.client_id)
+        if self.sessions.get(key) is session:
+            del self.sessions[key]
 
     async def create(
         self,
@@ -165,7 +177,7 @@ class SessionManager:
             async with session.lock:
                 await self._ensure_kernel(session)
         except BaseException:
-            self.sessions.pop((tenant.name, client_id), None)
+            self._forget(session)
             await asyncio.to_thread(self.records.end, session.id, "deleted")
             raise
         if replay is not None:
@@ -179,7 +191,10 @@ class SessionManager:
         """The session with this id, created (without a kernel yet) on first use."""
         session = await self._find(tenant, check_id(client_id))
         if session is None:
-            session = await self._new(tenant, client_id, None)
+            # Another request may have made it while we looked in the store: use that one.
+            session = self.sessions.get((tenant.name, client_id)) or await self._new(
+                tenant, client_id, None
+            )
         return session
 
     async def delete(self, tenant: TenantSettings, client_id: str) -> None:
@@ -191,7 +206,8 @@ class SessionManager:
         await self._end(session, "deleted")
 
     async def _end(self, session: Session, state: str) -> None:
-        self.sessions.pop((session.tenant, session.client_id), None)
+        session.ended = state
+        self._forget(session)
         self._drop_kernel(session, f"session_{state}")
         await asyncio.to_thread(self.records.end, session.id, state)
 
@@ -215,10 +231,13 @@ class SessionManager:
             session.lost_reason = reason
         if session.kernel is not None:
             return None
-        kernel = await session.pool.acquire()
+        kernel = await session.pool.acquire(session.tenant)
         caller = Caller(session.tenant, session.client_id, kernel.kernel_id, session.store_id)
         try:
             await self.broker.attach(kernel.broker_socket, caller)
+            if self._gone(session):  # deleted (or the server closing) while we waited
+                self.broker.detach(kernel.kernel_id)
+                raise self._cancelled(session, "while the request waited for a kernel")
         except BaseException:
             session.pool.release(kernel)
             raise
@@ -226,12 +245,34 @@ class SessionManager:
         lost, session.lost_reason = session.lost_reason, None
         if lost is None:
             return None
-        restored, failed = await self.checkpoints.restore(session, kernel)
+        try:
+            restored, failed = await self.checkpoints.restore(session, kernel)
+        except Cancelled as exc:  # the fresh kernel went too (the session was deleted)
+            raise cancelled(exc.extra["reason"], "while its frames were restored") from None
         return Replacement(lost, restored, failed)
 
+    def _gone(self, session: Session) -> bool:
+        """Whether a session that requests still hold was let go (deleted, expired, or the
+        server is closing): they must not give it a kernel."""
+        return session.persistent and not self.is_live(session)
+
+    def _cancelled(self, session: Session, when: str) -> Cancelled:
+        reason = f"session_{session.ended}" if session.ended else "server_shutdown"
+        return cancelled(reason, when, session_id=session.client_id)
+
     async def restart(self, session: Session) -> dict[str, Any]:
-        """A fresh kernel on purpose, with the session's frames restored (queues like a step)."""
+        """A fresh kernel on purpose, with the session's frames restored.
+
+        A cell running now is stopped at once, with its kernel (it answers CANCELLED); the
+        restart then takes its turn behind the requests already waiting (which run in a
+        fresh kernel) and replaces the kernel once more.
+        """
+        if session.running is not None:
+            self._drop_kernel(session, "restart")
+            session.lost_reason = "restart"
         async with self._turn(session):
+            if self._gone(session):
+                raise self._cancelled(session, "before the restart")
             await self.checkpoints.settled(session)
             self._drop_kernel(session, "restart")
             session.lost_reason = "restart"
@@ -281,10 +322,11 @@ class SessionManager:
     ) -> dict[str, Any]:
         """Run ``request`` in the tenant's session ``session_id`` (made on first use), or,
         without one, once: SQL in the server, Python in a throwaway kernel."""
-        if session_id is None:
-            return await self._run_once(tenant, request)
-        session = await self.get_or_create(tenant, session_id)
-        return await self.execute(session, request)
+        with self.limits.execution(tenant):
+            if session_id is None:
+                return await self._run_once(tenant, request)
+            session = await self.get_or_create(tenant, session_id)
+            return await self.execute(session, request)
 
     @contextlib.asynccontextmanager
     async def _turn(self, session: Session) -> AsyncIterator[None]:
@@ -307,6 +349,8 @@ class SessionManager:
     async def execute(self, session: Session, request: ExecutionRequest) -> dict[str, Any]:
         """Run a request in the session, in order behind earlier requests."""
         async with self._turn(session):
+            if self._gone(session):
+                raise self._cancelled(session, "before the request ran")
             await self.checkpoints.settled(session)
             try:
                 return await self._run(session, request)
@@ -334,8 +378,11 @@ class SessionManager:
         self, tenant: TenantSettings, request: ExecutionRequest
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        table = await self.broker.query_table(tenant.name, request.code, request.params)
-        result = table_result(table, request.max_rows)
+        table = await self.broker.query_table(
+            tenant.name, request.code, request.params, preview_rows=request.max_rows
+        )
+        # Statistics and preview of a large table take cpu seconds: off the event loop.
+        result = await asyncio.to_thread(table_result, table, request.max_rows)
         result["metadata"]["execution_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
         caller = Caller(tenant.name, "", "")
         caller.lineage.begin(request.lineage(None))
@@ -366,12 +413,18 @@ class SessionManager:
         }
         if replacement is not None:
             context.update(replacement.describe())
+        preview = self.settings.output_limit_bytes // 2  # the answer's part of the output
         try:
             done = await kernel.run(
                 record.cell,
-                {protocol.EXPRESSION: protocol.result_expression(request.max_rows)},
+                {protocol.EXPRESSION: protocol.result_expression(request.max_rows, preview)},
                 self.settings.output_limit_bytes,
             )
+        except Cancelled as exc:  # deleted, restarted or shut down under the cell
+            stopped = cancelled(exc.extra["reason"], "while the cell ran", **context)
+            record.fail(stopped.type, stopped.message)
+            self._forget_lost_kernel(session, kernel)
+            raise stopped from None
         except DataExecError as exc:
             record.fail(exc.type, exc.message)
             self._forget_lost_kernel(session, kernel)
@@ -398,6 +451,10 @@ class SessionManager:
                 **context,
             )
         result = answer(payload)
+        key = result["cache_key"]
+        if key is not None and not await self.checkpoints.is_minted(session, key):
+            result["cache_key"] = None  # forged by the kernel: never relayed, nor recorded
+            cache_error = {"message": f"{FORGED_KEY}: the answer has no cache key"}
         record.status = "ok"
         record.row_count = result["metadata"]["row_count"]
         record.cache_key = result["cache_key"]
@@ -411,7 +468,7 @@ class SessionManager:
 
     def _forget_lost_kernel(self, session: Session, kernel: Kernel) -> None:
         """After a failure that cost the kernel, the session's next request gets a new one."""
-        if kernel.lost:
+        if kernel.lost and session.kernel is kernel:
             self._drop_kernel(session, kernel.lost)
             session.lost_reason = kernel.lost
 

@@ -4,6 +4,9 @@ One row per session (``sessions``), one per step (``executions``) and one per na
 (``session_frames``). The session manager keeps live state in memory and writes here after
 each step (off the answer's path); after a restart it finds sessions here again.
 
+``minted`` reads the cache index (``cache_entries``) for the one question sessions ask of
+it: which of the cache keys a kernel reported the server really made for the tenant.
+
 A deleted or expired session keeps its rows (and its keys live on to their own TTL) until
 its id is used again or ``purge`` removes it with the keys' TTL; ``find`` sees only live
 ones.
@@ -23,7 +26,7 @@ import sqlalchemy as sa
 from server import clock
 from server.sessions.history import ExecutionRecord, FrameRecord
 from server.store.database import StoreDatabase
-from server.store.models import ExecutionRow, FrameRow, SessionRow
+from server.store.models import CacheEntry, CacheEviction, ExecutionRow, FrameRow, SessionRow
 
 R = TypeVar("R")
 
@@ -190,6 +193,19 @@ class SessionRecords:
                 )
                 for r in rows
             ]
+
+    def minted(self, tenant: str, keys: list[str]) -> set[str]:
+        """Those of ``keys`` the cache made for ``tenant`` (expired or evicted ones too): a
+        kernel is untrusted, and may report any string as a key."""
+        with self.store.session() as db:
+            kept = sa.select(CacheEntry.key).where(
+                CacheEntry.key.in_(keys), CacheEntry.tenant == tenant
+            )
+            gone = sa.select(CacheEviction.key).where(
+                CacheEviction.key.in_(keys), CacheEviction.tenant == tenant
+            )
+            found = set(db.scalars(kept))
+            return found if found >= set(keys) else found | set(db.scalars(gone))
 
     def purge(self, idle_limit_s: float) -> int:
         """Remove sessions (and their steps and frames) idle past ``idle_limit_s``."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from server import clock
 from server.broker.caller import Caller
-from server.errors import ValidationError
+from server.errors import Cancelled, ValidationError
 from server.kernels.kernel import Kernel
 from server.kernels.pool import KernelPool
 from server.sessions.history import ExecutionRecord, FrameRecord
@@ -26,12 +26,28 @@ if TYPE_CHECKING:
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
+# Why work of a session was stopped under a request, by the reason its kernel was let go
+# for (``Kernel.lost``): what the request's CANCELLED answer says.
+STOPPED_BECAUSE = {
+    "session_deleted": "the session was deleted",
+    "session_expired": "the session expired",
+    "restart": "the session was restarted",
+    "server_shutdown": "the server is shutting down",
+}
+
 
 def check_id(client_id: Any) -> str:
     """A client's session id, or ValidationError."""
     if not isinstance(client_id, str) or not SESSION_ID.match(client_id):
         raise ValidationError("session_id must be 1-128 characters of A-Z a-z 0-9 . _ -")
     return client_id
+
+
+def cancelled(reason: str, when: str, **extra: Any) -> Cancelled:
+    """The CANCELLED answer of a request whose session was let go ``when`` (e.g. "while the
+    cell ran"); ``reason`` as ``Kernel.lost`` names it."""
+    why = STOPPED_BECAUSE.get(reason, f"its kernel was shut down ({reason})")
+    return Cancelled(f"{why} {when}", reason=reason, **extra)
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,7 @@ class Session:
     after_step: asyncio.Future[None] | None = None  # the checkpoint pass after a step
     store_write: asyncio.Future[None] | None = None  # the last step's write to the store
     replay: Replay | None = None  # an imported notebook being replayed into the session
+    ended: str | None = None  # "deleted" or "expired" once the manager has let it go
 
     @property
     def persistent(self) -> bool:

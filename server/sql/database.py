@@ -4,10 +4,13 @@
 query (already guarded, see ``server.sql.guard``) in a thread of its own and hands its
 batches over a ``QueryStream``; ``table`` collects them; ``schema`` and ``profile`` answer
 ``/schema``. What differs between databases (drivers, session settings, TLS, cancel, the
-Arrow path) is the ``Dialect``'s, in ``server.sql.dialects``.
+Arrow path) is the ``Dialect``'s, in ``server.sql.dialects``. ``gate`` (a ``QueryGate``,
+``server.sql.admission``) is whose turn it is: callers hold one of its slots around a query.
 
-A result may not exceed ``sql_max_result_bytes`` as Arrow: the producer counts while it
-streams and stops with ``OutputTooLarge``, so nothing holds a whole oversized result.
+A result may not exceed ``sql_max_result_bytes`` as Arrow, nor any row of it
+``sql_max_row_bytes``: the producer counts and checks each batch as it arrives, before it
+is handed on, and stops with ``OutputTooLarge``, so nothing holds a whole oversized result
+(PostgreSQL refuses such a row itself, before sending it: see ``dialects.postgresql``).
 Driver errors are translated by ``server.sql.errors``; connection failures name the host and
 database, never the password.
 """
@@ -24,11 +27,12 @@ from sqlalchemy.engine import make_url
 
 from server.config import Settings
 from server.errors import OutputTooLarge
+from server.sql.admission import QueryGate
 from server.sql.dialects import dialect_for
 from server.sql.errors import QueryCancelled
 from server.sql.introspect import describe_schema
 from server.sql.profile import profile_table
-from server.sql.streaming import END, ClosingReader, QueryStream
+from server.sql.streaming import END, ClosingReader, QueryStream, check_rows
 
 
 class QueryDatabase:
@@ -41,11 +45,20 @@ class QueryDatabase:
         self.dialect = dialect_for(settings, self.url)
         self.engine = self.dialect.engine
         self.errors = self.dialect.errors
+        self.gate = QueryGate(
+            settings.db_pool_size,
+            settings.max_queries_per_tenant,
+            settings.max_queries_per_kernel,
+            settings.sql_queue_wait_s,
+        )
 
     # --- queries -----------------------------------------------------------------------
 
     def start(self, query: str, params: Mapping[str, Any] | None = None) -> QueryStream:
-        """Start ``query`` (already guarded) in a thread of its own; return its stream."""
+        """Start ``query`` (already guarded) in a thread of its own; return its stream.
+
+        Called on the event loop, inside a slot of ``gate``.
+        """
         stream = QueryStream()
 
         def produce() -> None:
@@ -56,43 +69,50 @@ class QueryDatabase:
                     try:
                         if stream.stop.is_set():
                             raise QueryCancelled()
-                        stream.head.put(reader.schema)
+                        stream.put_head(reader.schema)
                         started = True
                         self._pump(reader, stream)
                     except BaseException as exc:
                         reader.close(exc)
                         raise
                     reader.close(None)
-                    stream.batches.put(END)
+                    stream.put(END)
             except BaseException as exc:  # handed to the consumer, who raises it
                 if not started:
-                    stream.head.put(exc)
+                    stream.put_head(exc)
                 elif not stream.stop.is_set():
-                    stream.batches.put(exc)
+                    stream.put(exc)
+            finally:
+                stream.ended()
 
         threading.Thread(target=produce, name="query", daemon=True).start()
         return stream
 
     def _pump(self, reader: ClosingReader, stream: QueryStream) -> None:
-        """Move batches from the database to the consumer, within the byte cap."""
+        """Move batches from the database to the consumer, within the byte caps."""
         cap = self.settings.sql_max_result_bytes
         used = 0
         for batch in reader:
             if stream.stop.is_set():
                 raise QueryCancelled()
+            check_rows(batch, self.settings.sql_max_row_bytes)
             used += batch.nbytes
             if used > cap:
                 raise OutputTooLarge(
                     f"the query result exceeds {cap} bytes "
                     "(sql_max_result_bytes); add a LIMIT or aggregate"
                 )
-            stream.batches.put(batch)
+            stream.put(batch)
 
     async def table(self, query: str, params: Mapping[str, Any] | None = None) -> pa.Table:
         """The whole result as one Arrow table (bounded by sql_max_result_bytes)."""
         stream = self.start(query, params)
-        schema = await stream.ready()
-        return pa.Table.from_batches([b async for b in stream], schema=schema)
+        try:
+            schema = await stream.ready()
+            return pa.Table.from_batches([b async for b in stream], schema=schema)
+        finally:
+            stream.cancel()
+            await stream.closed()
 
     async def schema(self) -> dict[str, Any]:
         """The ``GET /schema`` answer (see ``introspect``)."""

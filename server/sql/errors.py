@@ -8,6 +8,10 @@ SQLite or SQLAlchemy (SQLSTATEs for PostgreSQL, error numbers for MariaDB/MySQL)
   ``KILL QUERY``'s 1317) is ``ExecutionError``;
 - a refused write or missing privilege (``25006``, ``42501``, 1142, 1792, ...) is
   ``SqlNotAllowed``;
+- a row PostgreSQL refused for its size (``ROW_TOO_LARGE``, see
+  ``dialects.postgresql``) is ``OutputTooLarge``;
+- a query over the role's ``temp_file_limit`` (``53400``) is ``ExecutionError``
+  (``TempFileLimitExceeded``): the query's fault, not the database's;
 - a lost or refused connection or login (``08*``, ``28*``, ``57P*``, ``53*``, 1045, 2003,
   2026, ..., any failure to connect, the texts of
   ``dataexec_kernel.errors.CONNECTION_FAILURES``) is
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 
 import sqlalchemy as sa
@@ -35,6 +40,7 @@ from server.errors import (
     DataExecError,
     ExecutionError,
     ExecutionTimeout,
+    OutputTooLarge,
     SqlNotAllowed,
 )
 
@@ -48,6 +54,11 @@ MYSQL_UNAVAILABLE = {1040, 1045, 1129, 1130, 1203, 1226, 1251, 2002, 2003, 2005,
 SQLSTATE_CANCELED = "57014"
 SQLSTATE_READ_ONLY = "25006"
 SQLSTATE_PRIVILEGE = "42501"
+SQLSTATE_LIMIT = "53400"  # configuration_limit_exceeded: temp_file_limit, not unavailability
+# What PostgreSQL says of a row over sql_max_row_bytes (dialects.postgresql.bounded), then
+# its size: the text of a failed cast to integer.
+ROW_TOO_LARGE = "dataexec: a result row over sql_max_row_bytes, bytes:"
+_ROW_SIZE = re.compile(re.escape(ROW_TOO_LARGE) + r" (\d+)")
 # Modules whose exceptions are the drivers' (ADBC's Arrow reader reports libpq errors met
 # while streaming as OSError with "[libpq]" in the text).
 DRIVER_MODULES = ("adbc_driver", "psycopg2", "psycopg", "sqlite3", "MySQLdb", "pymysql")
@@ -73,9 +84,10 @@ def describe_target(url: URL) -> str:
 class DriverErrors:
     """The one translator of the analysed database's errors (see the module docstring)."""
 
-    def __init__(self, url: URL, timeout_s: float | None = None) -> None:
+    def __init__(self, url: URL, timeout_s: float | None = None, max_row_bytes: int = 0) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.max_row_bytes = max_row_bytes
 
     def is_driver_error(self, exc: BaseException) -> bool:
         return isinstance(exc, sa.exc.DBAPIError) or (
@@ -107,6 +119,21 @@ class DriverErrors:
             if self.timeout_s is None:
                 return ExecutionTimeout("the query took too long and was cancelled")
             return ExecutionTimeout(f"the query exceeded the {self.timeout_s:g} s limit")
+        if row := _ROW_SIZE.search(message):
+            return OutputTooLarge(
+                f"a row of the result is {int(row.group(1)):,} bytes, over the "
+                f"{self.max_row_bytes:,} bytes one row may hold (sql_max_row_bytes); select "
+                "a part of the large values (left(), substr()) or their length instead"
+            )
+        if sqlstate == SQLSTATE_LIMIT or "temp_file_limit" in message:
+            return ExecutionError(
+                "the query needed more temporary disk than one query may use (the database "
+                "role's temp_file_limit): filter, aggregate or LIMIT before sorting or "
+                f"joining so much ({message})",
+                ename="TempFileLimitExceeded",
+                evalue=message,
+                traceback=[],
+            )
         if (
             invalidated
             or code in MYSQL_UNAVAILABLE

@@ -26,7 +26,7 @@ import pytest
 import tornado.httpserver
 import tornado.netutil
 
-from server.app import make_app
+from server.app import make_server
 from server.config import Settings, load_settings
 from server.embedded.postgres import EmbeddedPostgres
 from server.runtime import Runtime
@@ -34,6 +34,8 @@ from server.runtime import Runtime
 TOKEN_A = "tenant-a-token-" + secrets.token_hex(8)
 TOKEN_B = "tenant-b-token-" + secrets.token_hex(8)
 OPERATOR_TOKEN = "operator-token-" + secrets.token_hex(8)
+# Headers of a request as the operator (e.g. ``GET /health`` with the server's state).
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 CONFIG = f"""
 operator_token = "{OPERATOR_TOKEN}"
@@ -80,6 +82,7 @@ def make_settings(tmp_path: Path, config: str = CONFIG, **env: str) -> Settings:
         "DATAEXEC_RUNTIME_DIR": f"/run/dxt-{tag}",
         "DATAEXEC_CGROUP_PARENT": f"dataexec-test-{tag}",
         "DATAEXEC_SANDBOX": "bubblewrap",
+        "DATAEXEC_OPERATOR_TOKEN": OPERATOR_TOKEN,
     }
     for name in ("DATAEXEC_KERNEL_ENV", "DATAEXEC_DOCKER_IMAGE", "OPENBLAS_CORETYPE"):
         if name in os.environ:
@@ -109,9 +112,7 @@ class RunningServer:
 async def start_server(settings: Settings, env: dict[str, str] | None = None) -> RunningServer:
     runtime = Runtime(settings, env=env)
     await runtime.start()
-    http = tornado.httpserver.HTTPServer(
-        make_app(settings, runtime), max_body_size=settings.max_body_bytes + 1024
-    )
+    http = make_server(settings, runtime)
     [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
     http.add_sockets([sock])
     return RunningServer(settings, runtime, http, f"http://127.0.0.1:{sock.getsockname()[1]}")

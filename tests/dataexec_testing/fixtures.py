@@ -11,6 +11,7 @@ starve the others. Registered from ``tests/conftest.py``; the helpers it builds 
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Iterator
 
@@ -50,14 +51,22 @@ async def api(
     Without a Docker engine and kernel image the docker half skips on a developer machine
     and fails in CI (or with DATAEXEC_REQUIRE_DOCKER=1): a sandbox never tested would pass.
     """
+    # "docker-runsc": the docker sandbox with gVisor's runtime in every pool
+    sandbox, _, runtime = request.param.partition("-")
     settings = make_settings(
         tmp_path_factory.mktemp("api"),
-        DATAEXEC_SANDBOX=request.param,
+        DATAEXEC_SANDBOX=sandbox,
         DATAEXEC_DATABASE_URL=embedded_pg.query_url.render_as_string(hide_password=False),
     )
-    if request.param == "docker" and not docker_ready(settings):
+    if runtime:
+        pools = settings.pools.items()
+        settings = settings.replace(
+            pools={name: dataclasses.replace(pool, docker_runtime=runtime) for name, pool in pools}
+        )
+    if sandbox == "docker" and not docker_ready(settings):
         docker_missing(
-            "no Docker engine with the kernel image (scripts/docker-engine, build-image)"
+            f"no Docker engine with the kernel image and runtime {runtime or 'runc'} "
+            "(scripts/docker-engine, build-image)"
         )
     server = await start_server(settings, env={"DATAEXEC_TEST_MARKER": "server-secret-env"})
     await server.runtime.wait_warm()

@@ -3,7 +3,9 @@
 ``serve_env(tmp_path)`` is a clean environment (no ``DATAEXEC_*``/``AGENT_*``/``DB_*`` of
 the test process) with a state dir, runtime dir and cgroup parent of the test's own;
 ``start_serve(env)`` starts the server, reads the URL and token it prints and keeps
-draining its log; ``ServeProcess.stop()`` sends SIGTERM and waits.
+draining its log into ``ServeProcess.log``; its operator token is ``api.OPERATOR_TOKEN``;
+``ServeProcess.stop()`` sends SIGTERM and waits; ``kernel_leftovers(env)`` lists the kernel
+directories and cgroups such a server left on the host.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import re
 import secrets
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from dataexec_testing.api import OPERATOR_TOKEN
+from server.kernels.cgroups import CGROUP_ROOT, cgroup_version
 
 
 @dataclass
@@ -26,6 +31,7 @@ class ServeProcess:
     url: str
     token: str
     env: dict[str, str]
+    log: list[str] = field(default_factory=list)  # everything it printed so far
 
     def client(self, timeout: float = 30) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -50,6 +56,7 @@ def serve_env(tmp_path: Path) -> dict[str, str]:
         DATAEXEC_SANDBOX="bubblewrap",
         DATAEXEC_POOLS__DEFAULT__MIN_IDLE="1",
         DATAEXEC_SHUTDOWN_GRACE_S="5",
+        DATAEXEC_OPERATOR_TOKEN=OPERATOR_TOKEN,
     )
     for name in ("DATAEXEC_KERNEL_ENV", "DATAEXEC_DOCKER_IMAGE"):
         if name in os.environ:
@@ -74,16 +81,29 @@ async def start_serve(env: dict[str, str]) -> ServeProcess:
         line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
         assert line, "server exited early:\n" + "".join(lines)
         lines.append(line)
-        if match := re.search(r"listening on (http://\S+)", line):
+        if match := re.search(r"listening on (https?://\S+)", line):
             url = match.group(1)
         if line.startswith("token: "):
             token = line.split()[1]
     # Keep draining the log so the server never blocks on a full pipe.
-    asyncio.ensure_future(drain(process))
-    return ServeProcess(process, url, token, env)
+    asyncio.ensure_future(drain(process, lines))
+    return ServeProcess(process, url, token, env, lines)
 
 
-async def drain(process: asyncio.subprocess.Process) -> None:
+async def drain(process: asyncio.subprocess.Process, lines: list[str]) -> None:
     assert process.stdout is not None
-    while await process.stdout.readline():
-        pass
+    while line := await process.stdout.readline():
+        lines.append(line.decode(errors="replace"))
+
+
+def kernel_leftovers(env: dict[str, str]) -> list[str]:
+    """Kernel directories and cgroups of this server still on the host."""
+    found = []
+    kernels = Path(env["DATAEXEC_RUNTIME_DIR"]) / "k"
+    if kernels.is_dir():
+        found += [str(p) for p in kernels.iterdir()]
+    parent = env["DATAEXEC_CGROUP_PARENT"]
+    base = CGROUP_ROOT / parent if cgroup_version() == 2 else CGROUP_ROOT / "memory" / parent
+    if base.is_dir():
+        found += [str(p) for p in base.iterdir() if p.is_dir()]
+    return found

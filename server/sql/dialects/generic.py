@@ -46,7 +46,7 @@ class Dialect:
         read_only="the guard, and the role you give DataExec (nothing in the session)",
         timeout="none inside the database; the cell's own timeout still ends the step",
         cancel="none inside the database (the query runs to its end)",
-        arrow_path="SQLAlchemy rows, 65,536 at a time, converted to Arrow",
+        arrow_path="SQLAlchemy rows, up to 65,536 (about 16 MiB) at a time, converted to Arrow",
         profile_source="every row up to 100,000, else a LIMIT sample",
     )
 
@@ -54,7 +54,7 @@ class Dialect:
         self.settings = settings
         self.url = url
         self.timeout_s = settings.sql_timeout_s
-        self.errors = DriverErrors(url, settings.sql_timeout_s)
+        self.errors = DriverErrors(url, settings.sql_timeout_s, settings.sql_max_row_bytes)
         self.engine = self.make_engine()
 
     # --- connections ------------------------------------------------------------------
@@ -111,6 +111,7 @@ class Dialect:
             names,
             [None] * len(names),
             max_held_bytes=self.settings.sql_max_result_bytes,
+            max_row_bytes=self.settings.sql_max_row_bytes,
         )
 
     def close(self) -> None:

@@ -161,14 +161,16 @@ class MySQL(Dialect):
             stream.cancel_with(self.cancel_for(raw))
             stack.callback(stream.cancel_with, None)
             cursor.execute(compiled.string, args)
-            batches = _typed_batches(cursor, self.settings.sql_max_result_bytes)
+            batches = _typed_batches(
+                cursor, self.settings.sql_max_result_bytes, self.settings.sql_max_row_bytes
+            )
         except BaseException as exc:
             stack.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return ClosingReader(batches.schema, batches, stack)
 
 
-def _typed_batches(cursor: Any, max_held_bytes: int) -> RowBatches:
+def _typed_batches(cursor: Any, max_held_bytes: int, max_row_bytes: int) -> RowBatches:
     """The cursor's rows as batches typed from its description and field flags."""
     description = cursor.description or ()
     flags: list[int] = [0] * len(description)
@@ -185,6 +187,7 @@ def _typed_batches(cursor: Any, max_held_bytes: int) -> RowBatches:
         types,
         converts,
         max_held_bytes=max_held_bytes,
+        max_row_bytes=max_row_bytes,
     )
 
 

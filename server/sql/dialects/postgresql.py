@@ -6,6 +6,13 @@ into Arrow: no Python object per row (measured here 4x faster than psycopg2 +
 go through SQLAlchemy on psycopg2, the driver DataExec ships (a bare ``postgresql://``
 would mean psycopg 3 to SQLAlchemy 2.1; ``server.config`` names the driver).
 
+Every query runs wrapped so that PostgreSQL itself refuses a row over
+``sql_max_row_bytes`` (``pg_column_size`` of the whole row, checked as rows are produced):
+a ``repeat('x', 500000000)`` fails in the database instead of arriving whole in libpq's
+buffer, then in Arrow (the check costs no measurable time on flights). A value that a table
+keeps compressed counts at its compressed size there; the Arrow side checks again
+(``streaming.check_rows``).
+
 Every connection is read-only with a ``statement_timeout``, both session defaults set in
 the startup options, so the ``DISCARD ALL`` that resets a connection before it returns to
 a pool (no setting, temp table or prepared statement of one tenant survives into another's
@@ -18,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -28,10 +36,13 @@ from sqlalchemy.engine import URL, Engine
 from server.config import Settings
 from server.sql import arrow_types
 from server.sql.dialects.generic import Dialect, Guarantees
-from server.sql.errors import is_connection_failure
+from server.sql.errors import ROW_TOO_LARGE, is_connection_failure
 from server.sql.streaming import ClosingReader, QueryStream
 
 log = logging.getLogger(__name__)
+
+# A statement that is a query: SELECT, WITH, VALUES or TABLE after comments and parentheses.
+_QUERY = re.compile(r"(?:\s+|--[^\n]*\n|/\*.*?\*/|\()*(?:select|with|values|table)\b", re.I | re.S)
 
 
 class PostgreSQL(Dialect):
@@ -137,9 +148,28 @@ class PostgreSQL(Dialect):
                 with contextlib.suppress(Exception):
                     conn.close()
 
+    def bounded(self, query: str) -> str:
+        """``query`` (the guard's text of one statement) wrapped so that a row over
+        ``sql_max_row_bytes`` fails in the database, as ``ROW_TOO_LARGE`` says.
+
+        Only a query is wrapped: anything else (which the guard never lets through) reaches
+        the database as it is, and meets the read-only transaction.
+        """
+        if not _QUERY.match(query):
+            return query
+        cap = int(self.settings.sql_max_row_bytes)
+        # The CASE's cast runs only for a row over the cap (not folded: it is not constant).
+        return (
+            f"SELECT dataexec_row.* FROM (\n{query}\n) AS dataexec_row "
+            f"WHERE CASE WHEN pg_column_size(dataexec_row.*) > {cap} "
+            f"THEN ('{ROW_TOO_LARGE} ' || pg_column_size(dataexec_row.*))::int = 0 "
+            "ELSE true END"
+        )
+
     def read(
         self, query: str, params: Mapping[str, Any] | None, stream: QueryStream
     ) -> ClosingReader:
+        query = self.bounded(query)
         if self._adbc_uri is None or params:
             return super().read(query, params, stream)
         # A pooled connection may have died with a database restart: then try once more on

@@ -23,7 +23,7 @@ class SQLite(Dialect):
         read_only="the guard; the file opened mode=ro with PRAGMA query_only",
         timeout="a progress handler ends a statement past sql_timeout_s",
         cancel="sqlite3's interrupt(), on interrupt and timeout",
-        arrow_path="sqlite3 rows, 65,536 at a time, converted to Arrow",
+        arrow_path="sqlite3 rows, up to 65,536 (about 16 MiB) at a time, converted to Arrow",
         profile_source="every row up to 100,000, else a LIMIT sample",
     )
 
