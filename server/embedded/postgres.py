@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import json
 import logging
@@ -71,7 +72,7 @@ import psycopg2
 from psycopg2 import sql as pgsql
 from sqlalchemy import URL
 
-from server.embedded import demo
+from server.embedded import demo, priority
 from server.embedded.os_access import alive, give, grant_search, os_user, process_start
 from server.errors import DatabaseUnavailable, DataExecError
 
@@ -85,7 +86,6 @@ STORE_DATABASE = "dataexec_store"
 HOST = "127.0.0.1"
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
-POSTGRES_NICE = 10  # see EmbeddedPostgres._lower_priority
 
 _HBA = """\
 # Written by DataExec. Every login needs a password; TCP on 127.0.0.1 only.
@@ -170,7 +170,7 @@ class EmbeddedPostgres:
                 self._registered = False
                 if started_here and not users:
                     with contextlib.suppress(DataExecError):
-                        self._pg_ctl(uid, gid, ["stop", "-m", "fast", "-w", "-t", "60"])
+                        self._stop_postmaster(uid, gid)
                 raise
             self.timings["start_s"] = time.perf_counter() - t0
 
@@ -187,11 +187,7 @@ class EmbeddedPostgres:
             if users:
                 log.info("embedded PostgreSQL left running for %d other user(s)", len(users))
                 return
-            if self._running_pid() is None:
-                return
-            uid, gid = os_user()
-            self._pg_ctl(uid, gid, ["stop", "-m", "fast", "-w", "-t", "60"])
-            log.info("embedded PostgreSQL stopped")
+            self._stop_postmaster(*os_user())
 
     def is_running(self) -> bool:
         """Whether a postmaster is running for this cluster (started by anyone)."""
@@ -417,17 +413,24 @@ class EmbeddedPostgres:
             return "(none)"
 
     def _lower_priority(self) -> None:
-        """Run the postmaster (and so every backend it forks later) at ``POSTGRES_NICE``.
-
-        Tenants' queries run in its backends: below the server and the kernels, a tenant's
-        heavy queries cannot take the CPU from another tenant's steps (measured by the
-        adversarial suite's broker flood). The server's own store waits a little more then,
-        off the answer's path.
-        """
+        """Run the postmaster and every backend below the server and kernels (``priority``)."""
         pid = self._running_pid()
         if pid is not None:
-            with contextlib.suppress(OSError):  # not ours to change (an adopted cluster)
-                os.setpriority(os.PRIO_PROCESS, pid, POSTGRES_NICE)
+            priority.lower_priority(pid, self._cpu_group)
+
+    @property
+    def _cpu_group(self) -> str:
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+        return f"dataexec-postgres-{digest}"
+
+    def _stop_postmaster(self, uid: int | None, gid: int | None) -> None:
+        """Stop the postmaster if it runs; remove its CPU cgroup either way."""
+        try:
+            if self._running_pid() is not None:
+                self._pg_ctl(uid, gid, ["stop", "-m", "fast", "-w", "-t", "60"])
+                log.info("embedded PostgreSQL stopped")
+        finally:
+            priority.remove_group(self._cpu_group)
 
     def _pg_ctl(self, uid: int | None, gid: int | None, args: list[str]) -> None:
         self._run(uid, gid, ["pg_ctl", "-D", str(self.data_dir), *args], timeout=90)

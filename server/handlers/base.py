@@ -35,6 +35,7 @@ from server.errors import (
     ValidationError,
 )
 from server.handlers import bodies
+from server.handlers.edge import HeadLimitedStream
 from server.runtime import Runtime
 
 log = logging.getLogger("server.http")
@@ -199,6 +200,10 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_edge_headers()
         if self.body_unread():  # Tornado closes the connection: say so, lest it be reused
             self.set_header("Connection", "close")
+            connection = self.request.connection
+            stream = connection.stream if isinstance(connection, HTTP1Connection) else None
+            if isinstance(stream, HeadLimitedStream):
+                stream.linger_on_close = True  # the client may still be sending the body
         if error.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="dataexec"')
         if error.retry_after is not None:

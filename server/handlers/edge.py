@@ -111,13 +111,16 @@ class HeadLimitedStream(IOStream):
     def __init__(self, sock: socket.socket, server: EdgeServer, **kwargs: Any) -> None:
         super().__init__(sock, **kwargs)
         self.server = server
+        # Set when an answer goes out before the request's body was read: the body may be
+        # still in flight, so an empty receive buffer at close does not mean it is over.
+        self.linger_on_close = False
 
     def close_fd(self) -> None:
         # Tornado's HTTP reader asks for the head with max_bytes; overrunning it is the one
         # UnsatisfiableReadError an HTTP server stream sees.
         if isinstance(self.error, UnsatisfiableReadError):
             self.answer_head_too_large()
-        elif _unread_input(self.socket):  # e.g. a 413 answered before the body came
+        elif self.linger_on_close or _unread_input(self.socket):  # e.g. an early 413
             with contextlib.suppress(OSError):
                 self.socket.shutdown(socket.SHUT_WR)
                 self.server.linger(self.socket)

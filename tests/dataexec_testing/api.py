@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,11 +30,14 @@ import tornado.netutil
 from server.app import make_server
 from server.config import Settings, load_settings
 from server.embedded.postgres import EmbeddedPostgres
+from server.kernels.cgroups import CGROUP_ROOT, V1_CONTROLLERS, cgroup_version
 from server.runtime import Runtime
 
 TOKEN_A = "tenant-a-token-" + secrets.token_hex(8)
 TOKEN_B = "tenant-b-token-" + secrets.token_hex(8)
 OPERATOR_TOKEN = "operator-token-" + secrets.token_hex(8)
+# The runtime dirs and cgroup parents of this run's test servers (``host_places``).
+HOST_PLACES: list[dict[str, str]] = []
 # Headers of a request as the operator (e.g. ``GET /health`` with the server's state).
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
@@ -79,8 +83,7 @@ def make_settings(tmp_path: Path, config: str = CONFIG, **env: str) -> Settings:
     config_file.write_text(config)
     base_env = {
         "DATAEXEC_STATE_DIR": str(tmp_path / f"state-{tag}"),
-        "DATAEXEC_RUNTIME_DIR": f"/run/dxt-{tag}",
-        "DATAEXEC_CGROUP_PARENT": f"dataexec-test-{tag}",
+        **host_places("test"),
         "DATAEXEC_SANDBOX": "bubblewrap",
         "DATAEXEC_OPERATOR_TOKEN": OPERATOR_TOKEN,
     }
@@ -88,6 +91,30 @@ def make_settings(tmp_path: Path, config: str = CONFIG, **env: str) -> Settings:
         if name in os.environ:
             base_env[name] = os.environ[name]
     return load_settings(env={**base_env, **env}, config_file=config_file)
+
+
+def host_places(kind: str) -> dict[str, str]:
+    """A runtime dir and a cgroup parent of a new test server's own, as its environment;
+    ``remove_host_places`` removes them at the end of the run."""
+    tag = secrets.token_hex(3)
+    places = {
+        "DATAEXEC_RUNTIME_DIR": f"/run/dx{kind[0]}-{tag}",
+        "DATAEXEC_CGROUP_PARENT": f"dataexec-{kind}-{tag}",
+    }
+    HOST_PLACES.append(places)
+    return places
+
+
+def remove_host_places() -> None:
+    """Remove the runtime dirs and cgroup parents of this run's (stopped) servers."""
+    version = cgroup_version()
+    hierarchies = [CGROUP_ROOT] if version == 2 else [CGROUP_ROOT / c for c in V1_CONTROLLERS]
+    for places in HOST_PLACES:
+        shutil.rmtree(places["DATAEXEC_RUNTIME_DIR"], ignore_errors=True)
+        for hierarchy in hierarchies:
+            with contextlib.suppress(OSError):  # never made, or still in use
+                (hierarchy / places["DATAEXEC_CGROUP_PARENT"]).rmdir()
+    HOST_PLACES.clear()
 
 
 @dataclass

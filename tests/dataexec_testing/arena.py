@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import threading
-import time
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,22 @@ POOLS = ("default", "hostile", "victim", "flood")  # the pools CONFIG declares
 
 # The server's resident memory may not pass this during any attack (it idles near 300 MiB).
 MEMORY_BOUND = 1536 * 2**20
+# The victim's pinger: ``1+1`` steps back to back until its stdin closes (and at least
+# MIN_PINGS of them), one line "<ms> <status>" each.
+PINGER = """
+import sys, threading, time, httpx
+url, token, path, least = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+done = 0
+auth = {"Authorization": "Bearer " + token}
+with httpx.Client(base_url=url, headers=auth, timeout=120, verify=False) as victim:
+    while not stop.is_set() or done < least:
+        started = time.perf_counter()
+        status = victim.post(path, json={"code": "1 + 1"}).status_code
+        print(f"{(time.perf_counter() - started) * 1000:.3f} {status}", flush=True)
+        done += 1
+"""
 # The fewest victim steps a case is measured by: of 20 the p95 is the slowest, one stall.
 MIN_PINGS = 40
 
@@ -162,31 +177,39 @@ class Arena:
     async def pinging(self) -> AsyncIterator[Pings]:
         """The victim's ``1+1`` steps, back to back, for as long as the block runs.
 
-        From a thread of its own, so that the attack's client work in this event loop
-        (building bodies, reading answers) is not counted as the victim's latency; for at
-        least ``MIN_PINGS`` steps, so that a short attack still gives a p95.
+        From a process of its own, so that the attack's client work in this process
+        (building and sending a 17 MB body, reading answers: the GIL) is not counted as the
+        victim's latency; for at least ``MIN_PINGS`` steps, so that a short attack still
+        gives a p95. The server's memory is sampled beside it.
         """
         pings = Pings()
-        stop = threading.Event()
+        victim = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PINGER, self.serve.url, TOKENS["victim"],
+            f"/sessions/{self.victim_session}/execute", str(MIN_PINGS),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert victim.stdin is not None and victim.stdout is not None
+        stdout = victim.stdout
 
-        def ping() -> None:
-            url = f"/sessions/{self.victim_session}/execute"
-            with httpx.Client(
-                base_url=self.serve.url, headers=self._auth("victim"), timeout=120, verify=False
-            ) as victim:
-                while not stop.is_set() or len(pings.latencies_ms) < MIN_PINGS:
-                    started = time.perf_counter()
-                    answer = victim.post(url, json={"code": "1 + 1"})
-                    pings.latencies_ms.append((time.perf_counter() - started) * 1000)
-                    pings.statuses.append(answer.status_code)
-                    self.rss()
+        async def read() -> None:
+            while line := await stdout.readline():
+                ms, status = line.split()
+                pings.latencies_ms.append(float(ms))
+                pings.statuses.append(int(status))
 
-        pinger = asyncio.ensure_future(asyncio.to_thread(ping))
+        async def sample_memory() -> None:
+            while True:
+                self.rss()
+                await asyncio.sleep(0.02)
+
+        reader, sampler = asyncio.ensure_future(read()), asyncio.ensure_future(sample_memory())
         try:
             yield pings
         finally:
-            stop.set()
-            await asyncio.wait_for(pinger, 180)
+            victim.stdin.close()  # the pinger's signal to stop (after MIN_PINGS steps)
+            await asyncio.wait_for(reader, 180)
+            await victim.wait()
+            sampler.cancel()
 
     async def nothing_lost(self, pings: Pings) -> None:
         """After a case: healthy, within memory, the victim whole, the database unchanged."""

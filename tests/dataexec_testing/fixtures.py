@@ -25,9 +25,17 @@ from dataexec_testing.api import (
     docker_missing,
     docker_ready,
     make_settings,
+    remove_host_places,
     start_server,
 )
 from server.embedded.postgres import EmbeddedPostgres
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _host_places_removed() -> Iterator[None]:
+    """The test servers' runtime dirs and cgroup parents do not outlive the run."""
+    yield
+    remove_host_places()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import secrets
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from dataexec_testing.api import OPERATOR_TOKEN
+from dataexec_testing.api import OPERATOR_TOKEN, host_places
 from server.kernels.cgroups import CGROUP_ROOT, cgroup_version
 
 
@@ -46,12 +45,10 @@ class ServeProcess:
 
 
 def serve_env(tmp_path: Path) -> dict[str, str]:
-    tag = secrets.token_hex(3)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATAEXEC_", "AGENT_", "DB_"))}
     env.update(
         DATAEXEC_STATE_DIR=str(tmp_path / "state"),
-        DATAEXEC_RUNTIME_DIR=f"/run/dxl-{tag}",
-        DATAEXEC_CGROUP_PARENT=f"dataexec-life-{tag}",
+        **host_places("life"),
         DATAEXEC_PORT="0",
         DATAEXEC_SANDBOX="bubblewrap",
         DATAEXEC_POOLS__DEFAULT__MIN_IDLE="1",

@@ -110,7 +110,7 @@ async def run_step(arena: Arena, case: Case, names: dict[str, Any]) -> None:
         work = asyncio.ensure_future(attacker.post(path, json={"code": code, "language": language}))
         if "during" in case.options:
             method, during_path = case.options["during"]
-            await asyncio.sleep(1.5)
+            await until_running(attacker, session)
             interfering = await attacker.request(method, fill(during_path, names))
             assert interfering.status_code < 500, interfering.text
         try:
@@ -118,6 +118,17 @@ async def run_step(arena: Arena, case: Case, names: dict[str, Any]) -> None:
         finally:
             if case.kind != "sql-once" and "session" not in case.options:
                 await attacker.delete(f"/sessions/{session}")
+
+
+async def until_running(attacker: httpx.AsyncClient, session: str) -> None:
+    """Wait until the session's cell runs (its kernel may still have been starting)."""
+    for _ in range(600):
+        state = await attacker.get(f"/sessions/{session}")
+        if state.status_code == 200 and state.json().get("state") == "busy":
+            await asyncio.sleep(0.5)  # into the cell's own code
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"session {session} never ran its cell")
 
 
 async def check_answer(
@@ -233,8 +244,6 @@ async def test_attack_is_stopped_and_nothing_is_lost(arena: Arena, case: Case) -
         measured = (await benign_neighbour(arena), 0)
     BASELINE[arena.sandbox] = (measured[0], measured[1] + 1)
     baseline, slowest = measured[0], await attack(arena, case, measured[0])
-    if "slows_victim" in case.options:
-        return  # a known open item, named in the catalog and in docs/security.md
     if slowest >= 2 * baseline:
         # A p95 of ~20 steps can catch one stall of the machine: an attack that really slows
         # the victim does it again, against a baseline measured just before.
