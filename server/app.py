@@ -12,10 +12,13 @@ from server.config import Settings
 from server.handlers import (
     cache,
     client,
+    config_reload,
     execute,
     health,
+    metrics,
     notebook,
     openapi,
+    operator,
     schema,
     sessions,
 )
@@ -33,12 +36,23 @@ ROUTES = [
     *notebook.routes,
     *cache.routes,
     *client.routes,
+    *config_reload.routes,
+    *metrics.routes,
+    *operator.routes,
 ]
 
 
 def make_app(settings: Settings, runtime: Runtime) -> tornado.web.Application:
     """The application for ``settings`` (tenants resolved) serving ``runtime``."""
-    context = {"settings": settings, "runtime": runtime, "auth": Authenticator(settings)}
+    auth = Authenticator(settings)
+    context = {"settings": settings, "runtime": runtime, "auth": auth}
+
+    def reloaded(new: Settings) -> None:
+        auth.reload(new)
+        # Tornado passes this very dict to each new handler: later requests see ``new``.
+        context["settings"] = new
+
+    runtime.reloaded.append(reloaded)
     return tornado.web.Application(
         [(pattern, handler, context) for pattern, handler in ROUTES],
         default_handler_class=NotFoundHandler,
@@ -53,3 +67,9 @@ def make_app(settings: Settings, runtime: Runtime) -> tornado.web.Application:
 def make_server(settings: Settings, runtime: Runtime) -> tornado.httpserver.HTTPServer:
     """The HTTP(S) server of ``make_app``, with the limits, timeouts and TLS of ``settings``."""
     return make_http_server(settings, make_app(settings, runtime))
+
+
+def make_metrics_server(settings: Settings, runtime: Runtime) -> tornado.httpserver.HTTPServer:
+    """The server of ``metrics_port``: ``GET /metrics`` without a token, nothing else."""
+    context = {"settings": settings, "runtime": runtime, "auth": Authenticator(settings)}
+    return make_http_server(settings, metrics.make_metrics_app(context))

@@ -30,13 +30,19 @@ class Authenticator:
     """Maps a request's ``Authorization`` header to its tenant (or the operator)."""
 
     def __init__(self, settings: Settings) -> None:
-        self._entries = [
+        self.reload(settings)
+
+    def reload(self, settings: Settings) -> None:
+        """Take the tokens of ``settings`` (a configuration reload): one swap, so every
+        request is checked against the old tokens or the new ones, never a mix."""
+        entries = [
             (token_digest(tok), tenant)
             for tenant in settings.tenants.values()
             for tok in tenant.tokens
         ]
         if settings.operator_token:
-            self._entries.append((token_digest(settings.operator_token), OPERATOR))
+            entries.append((token_digest(settings.operator_token), OPERATOR))
+        self._entries = entries
 
     def authenticate(self, header: str | None) -> TenantSettings:
         """The tenant whose token the header carries; Unauthorized otherwise."""

@@ -11,11 +11,18 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING, Any
 
 from server import __version__
 from server.auth import hash_token
 from server.config import TOKEN_HASH, Settings, load_settings, with_default_tenant
+from server.config.reload import ConfigSource
 from server.errors import ConfigError, DataExecError
+from server.platform import platform_problems
+from server.telemetry.logs import configure_logging
+
+if TYPE_CHECKING:
+    from server.runtime import Runtime
 
 log = logging.getLogger("dataexec")
 
@@ -32,6 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         commands.add_parser("check-config", help="validate the configuration and exit"),
     ):
         cmd.add_argument("--config", help="TOML config file (or DATAEXEC_CONFIG)")
+    commands.choices["build-image"].add_argument(
+        "--server",
+        action="store_true",
+        help="also build the server image for docker-compose.yml (docs/deploy.md)",
+    )
     commands.add_parser(
         "hash-token",
         help="read a token from stdin and print its sha256:<hex> form, to configure instead",
@@ -45,17 +57,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "hash-token":
         return print_token_hash()
-    logging.basicConfig(
-        level=os.environ.get("DATAEXEC_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = os.environ.get("DATAEXEC_LOG_LEVEL", "INFO")
+    configure_logging(level, "auto", sys.stderr)
+    flags = {"host": getattr(args, "host", None), "port": getattr(args, "port", None)}
     try:
-        settings = load_settings(
-            config_file=args.config,
-            overrides={"host": getattr(args, "host", None), "port": getattr(args, "port", None)},
-        )
+        settings = load_settings(config_file=args.config, overrides=flags)
+        configure_logging(level, settings.log_format, sys.stderr)
         if args.command == "check-config":
+            if problems := platform_problems(settings):
+                raise ConfigError(problems)
             print("configuration is valid")
+            return 0
+        if args.command == "build-image" and args.server:
+            from server.ops.server_image import build_server_image
+
+            print(build_server_image(settings))
             return 0
         if args.command == "build-image":
             from server.ops.image import build_image
@@ -67,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(make_kernel_env(settings))
             return 0
-        return asyncio.run(serve(with_default_tenant(settings)))
+        source = ConfigSource(args.config, dict(os.environ), flags)
+        return asyncio.run(serve(with_default_tenant(settings), source))
     except ConfigError as exc:
         print(f"dataexec: {exc.message}", file=sys.stderr)
         return 2
@@ -87,22 +104,37 @@ def print_token_hash() -> int:
     return 0
 
 
-async def serve(settings: Settings) -> int:
-    """Run the server until SIGTERM or SIGINT, then stop gracefully."""
+async def serve(settings: Settings, source: ConfigSource | None = None) -> int:
+    """Run the server until SIGTERM or SIGINT, then stop gracefully; SIGHUP reloads the
+    configuration from ``source``."""
     import tornado.netutil
 
-    from server.app import make_server
+    from server.app import make_metrics_server, make_server
     from server.runtime import Runtime
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, source=source)
+    reloads: set[asyncio.Task[Any]] = set()
+
+    def reload() -> None:
+        task = asyncio.ensure_future(reload_on_sighup(runtime))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     http = make_server(settings, runtime)  # before start: a TLS file it cannot use stops here
     await runtime.start()
     sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
     http.add_sockets(sockets)
+    if settings.metrics_port:  # GET /metrics without a token, for a scraper
+        metrics_http = make_metrics_server(settings, runtime)
+        sockets += tornado.netutil.bind_sockets(settings.metrics_port, settings.host)
+        metrics_http.add_sockets(sockets[-1:])
+        log.info("metrics on port %d: GET /metrics needs no token there", settings.metrics_port)
+    runtime.announce()  # registers in the background, now that the platform can reach us
     port = sockets[0].getsockname()[1]
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     url = f"{'https' if settings.tls_cert_file else 'http'}://{host}:{port}"
@@ -119,6 +151,8 @@ async def serve(settings: Settings) -> int:
     await stop.wait()
     log.info("stopping: no new connections; running cells get %.0f s", settings.shutdown_grace_s)
     http.stop()
+    if settings.metrics_port:
+        metrics_http.stop()
     await runtime.close()
     await http.close_all_connections()
     for sock in sockets:
@@ -126,3 +160,13 @@ async def serve(settings: Settings) -> int:
             sock.close()
     log.info("stopped")
     return 0
+
+
+async def reload_on_sighup(runtime: Runtime) -> None:
+    """``Runtime.reload`` for SIGHUP: its outcome is logged, never raised."""
+    try:
+        await runtime.reload()
+    except ConfigError:
+        pass  # refused: Runtime.reload logged every problem, the old configuration stays
+    except Exception:
+        log.exception("configuration reload failed; the old configuration stays")

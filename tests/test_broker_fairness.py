@@ -6,7 +6,8 @@ runs, and PostgreSQL never sees more of the query role's backends at work than t
 bounds (``db_pool_size`` in all, ``max_queries_per_tenant`` of acme,
 ``max_queries_per_kernel`` of the kernel), counted in ``pg_stat_activity`` throughout.
 Without the gate the same flood held 33 backends and globex waited 10.7 s. A query that
-waits past ``sql_queue_wait_s`` is refused ``RATE_LIMITED``, in a kernel and without one.
+waits past ``sql_queue_wait_s`` is refused ``RATE_LIMITED``, in a kernel and without one,
+and so are ``/schema`` and its profiles, which read the database as well.
 """
 
 from __future__ import annotations
@@ -199,6 +200,15 @@ async def test_a_query_that_waits_too_long_is_rate_limited(
             )
             other = await globex.post("/execute", json={"language": "sql", "code": "SELECT 1"})
             assert other.status_code == 200, other.text
+            # The schema and its profiles read the database too: they wait their turn.
+            for path in ("/schema", "/schema/flights/profile"):
+                refused = await acme.get(path)
+                assert (
+                    "max_queries_per_tenant"
+                    in assert_error(refused, 429, "RATE_LIMITED")["message"]
+                ), path
+                served = await globex.get(path)
+                assert served.status_code == 200, served.text
             # Ending the session kills the kernel: its query is cancelled, its slot freed.
             await acme.delete(f"/sessions/{session}")
 

@@ -55,7 +55,9 @@ from server.embedded.postgres import EmbeddedPostgres
 
 # The Docker sandbox again with gVisor (runsc) as every pool's runtime: the same contract.
 GVISOR = "docker-runsc"
-pytestmark = pytest.mark.parametrize("api", [*SANDBOXES, GVISOR], indirect=True)
+pytestmark = pytest.mark.parametrize(
+    "api", [*SANDBOXES, *([GVISOR] if GVISOR not in SANDBOXES else [])], indirect=True
+)
 
 KERNEL_UID = 60001  # the default kernel_uid
 

@@ -25,7 +25,10 @@ from server.embedded.postgres import STORE_DATABASE, EmbeddedPostgres
 from server.store.database import StoreDatabase
 from server.store.models import Base, CacheEntry, CacheEviction, ExecutionRow, SessionRow
 
-TABLES = {"sessions", "executions", "session_frames", "cache_entries", "cache_evictions"}
+TABLES = {
+    *("sessions", "executions", "session_frames", "cache_entries", "cache_evictions"),
+    "audit_executions",
+}
 
 
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
@@ -87,7 +90,7 @@ def test_upgrade_creates_the_tables(store: StoreDatabase) -> None:
 def test_alembic_version_is_at_head(store: StoreDatabase) -> None:
     head = ScriptDirectory.from_config(store.alembic_config()).get_current_head()
     with store.engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == head == "0002"
+        assert MigrationContext.configure(conn).get_current_revision() == head == "0003"
 
 
 def test_second_upgrade_changes_nothing(store: StoreDatabase) -> None:

@@ -5,5 +5,5 @@ Owns the per-kernel unix socket server that answers ``sql()``, ``load()`` and ``
 session and step a kernel serves. Frames are the kernel protocol's
 (``dataexec_kernel.protocol``).
 
-May import: sql, cache, config, errors, and the kernel protocol.
+May import: sql, cache, config, errors, telemetry, and the kernel protocol.
 """

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,12 @@ from dataexec_kernel import protocol
 from server.broker.caller import Caller
 from server.cache.cache import Cache, read_ipc
 from server.cache.downloads import stored_batches
+from server.cache.memory import Hold
 from server.errors import DataExecError, OutputTooLarge, ValidationError
 from server.sql.database import QueryDatabase, QueryStream
 from server.sql.errors import QueryCancelled
 from server.sql.guard import check_query
+from server.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +68,15 @@ def error_frame(exc: DataExecError) -> bytes:
 class _SocketSink:
     """A file-like object pyarrow's IPC writer writes into, feeding the socket."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, count: Callable[[int], None]) -> None:
         self.writer = writer
+        self.count = count  # bytes sent, for the metrics
         self.closed = False
 
     def write(self, data: Any) -> int:
         view = memoryview(data)  # no copy of our own; the transport keeps what it cannot send
         self.writer.write(view)
+        self.count(view.nbytes)
         return view.nbytes
 
     def flush(self) -> None:
@@ -85,9 +90,15 @@ class Broker:
     """Serves every attached kernel's socket with the guard and the query database."""
 
     def __init__(
-        self, database: QueryDatabase, cache: Cache, kernel_gid: int, max_frame_bytes: int
+        self,
+        database: QueryDatabase,
+        cache: Cache,
+        kernel_gid: int,
+        max_frame_bytes: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self.database = database
+        self.metrics = metrics or Metrics()
         self.cache = cache
         self.max_frame_bytes = max_frame_bytes
         self.kernel_gid = kernel_gid
@@ -125,16 +136,28 @@ class Broker:
         params: dict[str, Any] | None = None,
         *,
         preview_rows: int = 0,
+        hold: Hold,
     ) -> pa.Table:
         """Guard and run a query for the server itself (SQL without a session), in its turn.
 
+        The result is held whole: its batches take their bytes from ``hold`` as they come.
         The answer will show ``preview_rows`` rows of it as JSON: ``OutputTooLarge`` when
         they hold more than ``output_limit_bytes`` (as Arrow), before any JSON is built.
         """
         checked = await self._check(query, params)
         async with self.database.gate.slot(tenant):
             log.info("sql for tenant %s (no session)", tenant)
-            table = await self.database.table(checked, params)
+            stream = self.database.start(checked, params)
+            try:
+                schema = await stream.ready()
+                batches = []
+                async for batch in stream:
+                    await hold.grow(batch.nbytes)
+                    batches.append(batch)
+            finally:
+                stream.cancel()
+                await stream.closed()
+        table = pa.Table.from_batches(batches, schema=schema)
         cap = self.database.settings.output_limit_bytes
         shown = table.slice(0, preview_rows).nbytes
         if shown > cap:
@@ -187,10 +210,16 @@ class Broker:
             raise ValidationError("put: unknown kind, or a name that is not a string")
         if size > cap:
             raise OutputTooLarge(f"the result frame is over {cap} bytes (sql_max_result_bytes)")
-        body = await reader.readexactly(size)
-        table = read_ipc(body)
-        lineage = caller.lineage.of(kind, name)
-        key = await self.cache.spill(caller.tenant, caller.store_id, table, lineage)
+        hold = self.cache.memory.hold()
+        try:
+            await hold.grow(size)  # before reading it: many kernels may put at once
+            table = read_ipc(await reader.readexactly(size))
+            self.metrics.broker("put", "from_kernel", size)
+            lineage = caller.lineage.of(kind, name)
+            key = await self.cache.spill(caller.tenant, caller.store_id, table, lineage, hold)
+        except BaseException:
+            hold.release()
+            raise
         writer.write(protocol.encode_frame({"ok": True, "cache_key": key}))
 
     async def _load(
@@ -207,7 +236,8 @@ class Broker:
         schema, batches = stored_batches(parquet)  # each bounded in bytes, not only rows
         writer.write(protocol.encode_frame({"ok": True}))
         rows, sent = 0, 0
-        with pa.ipc.new_stream(_SocketSink(writer), schema) as ipc:
+        sink = _SocketSink(writer, lambda n: self.metrics.broker("load", "to_kernel", n))
+        with pa.ipc.new_stream(sink, schema) as ipc:
             # Reading and decoding Parquet is disk and cpu work: off the event loop.
             while (batch := await asyncio.to_thread(next, batches, None)) is not None:
                 sent += pa.ipc.get_record_batch_size(batch)
@@ -252,7 +282,8 @@ class Broker:
         schema = await stream.ready()
         writer.write(protocol.encode_frame({"ok": True}))
         rows = 0
-        ipc = pa.ipc.new_stream(_SocketSink(writer), schema)
+        sink = _SocketSink(writer, lambda n: self.metrics.broker("sql", "to_kernel", n))
+        ipc = pa.ipc.new_stream(sink, schema)
         try:
             async for batch in stream:
                 ipc.write_batch(batch)

@@ -4,5 +4,6 @@ Owns spilling frames (quota, reservation, eviction, TTL), finding and deleting k
 their lineage, uploads, the download formats (parquet, arrow, csv, json) and the
 result part of an answer computed from an Arrow table.
 
-May import: store, config, errors, clock, and the kernel protocol. Nothing above it.
+May import: store, config, errors, clock, telemetry, and the kernel protocol. Nothing above
+it.
 """

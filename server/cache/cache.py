@@ -41,9 +41,11 @@ from sqlalchemy.orm.exc import StaleDataError
 from server import clock
 from server.cache.downloads import open_frame
 from server.cache.lineage import upload_lineage
+from server.cache.memory import FrameMemory, Hold
 from server.errors import DataExecError, NotFound, QuotaExceeded, ValidationError
 from server.store.database import StoreDatabase
 from server.store.models import CacheEntry, CacheEviction
+from server.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,13 @@ class Cache:
         quotas: dict[str, int],
         default_quota: int,
         write: Callable[[Path, pa.Table], int] | None = None,
+        memory: FrameMemory | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.root = root
+        self.metrics = metrics or Metrics()
+        # Frames held whole until written (broker puts, the server's own queries).
+        self.memory = memory or FrameMemory(limit=2**62, wait_s=0)
         self.write = write or write_parquet  # a test may slow the disk down
         self.store = store
         self.ttl = dt.timedelta(seconds=ttl_s)
@@ -84,11 +91,18 @@ class Cache:
         return Path(tenant_dir) / f"{key}.parquet"
 
     async def spill(
-        self, tenant: str, session_id: str | None, table: pa.Table, lineage: dict[str, Any]
+        self,
+        tenant: str,
+        session_id: str | None,
+        table: pa.Table,
+        lineage: dict[str, Any],
+        hold: Hold | None = None,
     ) -> str:
         """A new key for ``table``; the Parquet write goes on in the background.
 
         Room is made within the tenant's quota first (``QuotaExceeded`` when there is none).
+        ``hold``, the frame's share of ``memory``, is released once the write is over; the
+        caller releases it if this raises.
         """
         key = str(uuid.uuid4())
         relative = self._path(tenant, key)
@@ -122,7 +136,7 @@ class Cache:
                 await asyncio.gather(*map(asyncio.shield, running), return_exceptions=True)
             await asyncio.to_thread(self._insert, entry)
             self.reserved.setdefault(tenant, {})[key] = need
-        self.writes[key] = asyncio.ensure_future(self._write(tenant, key, relative, table))
+        self.writes[key] = asyncio.ensure_future(self._write(tenant, key, relative, table, hold))
         self.writes[key].add_done_callback(lambda _: self.writes.pop(key, None))
         return key
 
@@ -181,12 +195,16 @@ class Cache:
         db.add_all(
             CacheEviction(key=e.key, tenant=e.tenant, reason=reason, at=now) for e in entries
         )
+        for entry in entries:
+            self.metrics.cache_eviction(entry.tenant, reason)
 
     def _insert(self, entry: CacheEntry) -> None:
         with self.store.session() as db, db.begin():
             db.add(entry)
 
-    async def _write(self, tenant: str, key: str, relative: Path, table: pa.Table) -> None:
+    async def _write(
+        self, tenant: str, key: str, relative: Path, table: pa.Table, hold: Hold | None
+    ) -> None:
         path = self.root / relative
         try:
             size = await asyncio.to_thread(self.write, path, table)
@@ -196,7 +214,10 @@ class Cache:
             return
         finally:
             self.reserved.get(tenant, {}).pop(key, None)
+            if hold is not None:
+                hold.release()
         await asyncio.to_thread(self._update, key, {"status": "ready", "bytes": size})
+        self.metrics.cache_write(tenant, size)
 
     def _update(self, key: str, values: dict[str, Any]) -> None:
         with self.store.session() as db, db.begin():
@@ -278,6 +299,20 @@ class Cache:
             )
         self._remove(expired, "ttl")
         return len(expired)
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """Each tenant's ready keys and their Parquet bytes (for the metrics; blocking)."""
+        with self.store.session() as db:
+            rows = db.execute(
+                sa.select(
+                    CacheEntry.tenant,
+                    sa.func.count(),
+                    sa.func.coalesce(sa.func.sum(CacheEntry.bytes), 0),
+                )
+                .where(CacheEntry.status == "ready")
+                .group_by(CacheEntry.tenant)
+            )
+            return {tenant: (int(keys), int(size or 0)) for tenant, keys, size in rows}
 
     def recover(self) -> None:
         """At start: a write a previous server left running never finished; mark it failed."""

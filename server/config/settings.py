@@ -249,6 +249,14 @@ class Settings:
         "Most bytes (as Arrow) one query result may stream before it fails.",
         minimum=1024,
     )
+    frame_memory_bytes: int = setting(
+        4294967296,
+        "Most bytes of frames the server holds in memory at once, all tenants together: results "
+        "sent by kernels and SQL run without a session, each held until its Parquet file is "
+        "written. A frame that finds no room waits capacity_wait_s, then CAPACITY; one larger "
+        "than this answers OUTPUT_TOO_LARGE.",
+        minimum=1024,
+    )
     db_pool_size: int = setting(
         5,
         "Connections to the analysed database: the most queries running at once, all tenants "
@@ -354,14 +362,69 @@ class Settings:
     cull_interval_s: float = setting(
         30.0, "Seconds between idle-kernel and expired-session sweeps.", minimum=0.1
     )
+    audit_retention_s: float = setting(
+        2592000.0,
+        "Seconds an execution's audit row (GET /audit) is kept; the cull sweep deletes older ones.",
+        minimum=1,
+    )
     interrupt_on_disconnect: bool = setting(
         True, "Interrupt a cell whose client disconnected before the answer."
     )
-    core_logic_url: str = setting(
-        "", "Platform URL the agent registers with (accepted, validated)."
+    log_format: str = setting(
+        "auto",
+        "Log lines: json (one object a line), text, or auto (text on a terminal, else json).",
+        choices=("auto", "json", "text"),
     )
-    agent_id: str = setting("", "Agent id from the platform (accepted, validated).")
-    agent_public_url: str = setting("", "Public URL of this agent (accepted, validated).")
+    log_code: bool = setting(
+        False,
+        "Put each execution's code in its log line (off: code never reaches the log).",
+    )
+    metrics_port: int = setting(
+        0,
+        "Port (on host) serving GET /metrics without a token, for a scraper on a private "
+        "network; 0: none (GET /metrics on the API port needs the operator token).",
+        minimum=0,
+    )
+    core_logic_url: str = setting(
+        "",
+        "Platform URL the agent registers with, heartbeats to and says goodbye to (see "
+        "docs/platform.md); empty: no registration. Needs agent_id and agent_public_url.",
+    )
+    agent_id: str = setting("", "Agent id from the platform, sent with every platform call.")
+    agent_public_url: str = setting(
+        "", "URL the platform reaches this agent at, sent when registering."
+    )
+    platform_token: str = setting(
+        "",
+        "Bearer token sent to the platform; empty sends the agent token (token, "
+        "AGENT_SECRET_TOKEN). Needed with [tenants] or a sha256: token.",
+    )
+    registration_path: str = setting(
+        "/agents/register", "Path under core_logic_url that registrations are POSTed to."
+    )
+    heartbeat_path: str = setting(
+        "/agents/{agent_id}/heartbeat",
+        "Path under core_logic_url that heartbeats are POSTed to; {agent_id} is filled in.",
+    )
+    deregistration_path: str = setting(
+        "/agents/{agent_id}/deregister",
+        "Path under core_logic_url the goodbye at shutdown is POSTed to; {agent_id} is filled in.",
+    )
+    heartbeat_interval_s: float = setting(
+        30.0, "Seconds between heartbeats to the platform.", minimum=0.05
+    )
+    platform_timeout_s: float = setting(
+        10.0,
+        "Seconds one call to the platform may take (it never delays start or serving); also "
+        "bounds the goodbye at shutdown.",
+        minimum=0.05,
+    )
+    platform_retry_max_s: float = setting(
+        60.0,
+        "Longest wait between retries while the platform is down (exponential backoff from "
+        "min(1 s, heartbeat_interval_s), with jitter).",
+        minimum=0.05,
+    )
     pools: Mapping[str, PoolSettings] = field(default_factory=dict)
     tenants: Mapping[str, TenantSettings] = field(default_factory=dict)
     config_file: Path | None = None

@@ -8,7 +8,9 @@ query string (``?token=...``), or in any other header a client invents. So:
   counted, never named;
 - Tornado's own lines about malformed requests (``Invalid header value '...'``) lose the
   quoted value they carry (``WithoutRequestValues`` on Tornado's loggers);
-- our own lines (``BaseHandler.log_exception``) name the method and the path only.
+- our own lines (``BaseHandler.log_exception``) name the method and the path only;
+- the request's JSON fields (``server.telemetry.logs``) add its id, tenant name, route
+  pattern, status, error type and duration: nothing a client sent but the path.
 """
 
 from __future__ import annotations
@@ -23,22 +25,55 @@ from tornado.log import access_log
 # What follows the first quote or colon of Tornado's messages about malformed requests is
 # the offending value (a header value, a host, a query string): it is dropped.
 _VALUE = re.compile(r"""\s*[:'"].*""", re.DOTALL)
+# A named group of a route pattern, as /openapi.json writes it: (?P<name>...) -> {name}.
+_GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """One access-log line per request, as Tornado's own but without undeclared query values."""
+    """One access-log line per request, as Tornado's own but without undeclared query values
+    (in JSON, with its request id, tenant, route and error type); counted in the metrics."""
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     request = handler.request
+    seconds = request.request_time()
+    route = route_of(handler)
+    target = loggable_target(handler)
+    runtime = getattr(handler, "runtime", None)
+    if runtime is not None:
+        runtime.metrics.request(route, request.method or "", status, seconds)
+    tenant = getattr(handler, "tenant", None)
+    event = {
+        "event": "request",
+        "request_id": getattr(handler, "request_id", None),
+        "tenant": getattr(tenant, "name", None),
+        "session": (handler.path_kwargs or {}).get("session_id"),
+        "method": request.method,
+        "route": route,
+        "path": target,
+        "status": status,
+        "error_type": getattr(handler, "error_type", None),
+        "duration_ms": round(1000.0 * seconds, 3),
+        "remote_ip": request.remote_ip,
+    }
     access_log.log(
         level,
         "%d %s %s (%s) %.2fms",
         status,
         request.method,
-        loggable_target(handler),
+        target,
         request.remote_ip,
-        1000.0 * request.request_time(),
+        1000.0 * seconds,
+        extra={"event": event},
     )
+
+
+def route_of(handler: tornado.web.RequestHandler) -> str:
+    """The route pattern that matched (``/sessions/{session_id}``), never the raw path: a
+    bounded label for the metrics; ``unmatched`` for paths no route knows."""
+    for pattern, handler_class in handler.application.settings.get("api_routes", ()):
+        if type(handler) is handler_class:
+            return _GROUP.sub(r"{\1}", pattern)
+    return "unmatched"
 
 
 def loggable_target(handler: tornado.web.RequestHandler) -> str:

@@ -37,6 +37,7 @@ from server.errors import (
 from server.handlers import bodies
 from server.handlers.edge import HeadLimitedStream
 from server.runtime import Runtime
+from server.telemetry.logs import REQUEST_ID
 
 log = logging.getLogger("server.http")
 T = TypeVar("T")
@@ -52,7 +53,8 @@ class Operation:
     ``answer`` is the JSON answer's body (at ``status``), or ``download`` the content type
     of a binary one; ``body`` the JSON request body, or ``upload`` a binary one's type;
     ``errors`` the HTTP statuses it may answer with an error (401 is added unless public);
-    ``accepted`` other success statuses with what they mean.
+    ``accepted`` other success statuses with what they mean; ``events`` what the success
+    answer's ``text/event-stream`` alternative sends (Server-Sent Events), if it has one.
     """
 
     summary: str
@@ -64,6 +66,7 @@ class Operation:
     upload: str | None = None
     query: dict[str, dict[str, Any]] = field(default_factory=dict)
     accepted: dict[int, str] = field(default_factory=dict)
+    events: str | None = None
 
 
 @tornado.web.stream_request_body
@@ -82,6 +85,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.auth = auth
         self.request_id = uuid.uuid4().hex
         self.tenant: TenantSettings | None = None
+        self.error_type: str | None = None  # the type of the error answered, for the log
         # Grown in place by data_received; read as bytes wherever the body is read.
         self.request.body = cast(bytes, bytearray())
         self.body_refused = False
@@ -104,6 +108,7 @@ class BaseHandler(tornado.web.RequestHandler):
                 self.set_header("Access-Control-Expose-Headers", "X-Request-Id, Retry-After")
 
     def prepare(self) -> None:
+        REQUEST_ID.set(self.request_id)  # for this request's task and the tasks it starts
         self.set_header("X-Request-Id", self.request_id)
         self.refuse_oversized_body()
         if self.is_preflight():
@@ -195,6 +200,7 @@ class BaseHandler(tornado.web.RequestHandler):
             error = _from_http_error(error)
         if not isinstance(error, DataExecError):
             error = DataExecError("internal error; quote the request_id when reporting it")
+        self.error_type = error.type
         self.set_status(error.status)
         self.set_header("X-Request-Id", self.request_id)
         self.set_edge_headers()

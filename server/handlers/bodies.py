@@ -110,6 +110,13 @@ class ExecuteBody(Struct, kw_only=True, forbid_unknown_fields=True):
         ]
         | None
     ) = None
+    stream: Annotated[
+        bool,
+        Meta(
+            description="answer text/event-stream: the cell's outputs as they happen, then "
+            "the result or the error (errors before the cell starts stay JSON)"
+        ),
+    ] = False
 
 
 class OnDataBody(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -165,6 +172,7 @@ class ErrorDetail(Struct, kw_only=True):
     replaced_reason: str | None = None
     restored_frames: list[str] | None = None
     unrestored_frames: dict[str, str] | None = None
+    problems: list[str] | None = None
 
 
 class ErrorAnswer(Struct):

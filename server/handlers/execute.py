@@ -2,7 +2,8 @@
 
 Each calls the session manager's one door, ``submit``: in a session, or once without one.
 A client that disconnects cancels its request: queued, it leaves the queue; running, its
-cell is interrupted (``interrupt_on_disconnect``).
+cell is interrupted (``interrupt_on_disconnect``). With ``"stream": true`` the answer is
+Server-Sent Events once the cell starts (``stream``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 from server.errors import ValidationError
 from server.handlers.base import BaseHandler, Operation
 from server.handlers.bodies import ExecuteBody, ExecutionResult, OnDataBody
+from server.handlers.stream import DESCRIPTION, answer_with_events
 from server.sessions.execution import ExecutionRequest, on_data_request
+from server.sessions.outputs import OutputFeed
 
 EXECUTE_ERRORS = (400, 403, 404, 409, 413, 500, 503)
 
@@ -37,11 +40,17 @@ class ExecuteBase(BaseHandler):
             body.code, self.max_rows(body.max_rows), body.language, name, params=body.params
         )
 
-    async def submit(self, request: ExecutionRequest, session_id: str | None) -> None:
-        """Run through the session manager's door; answer its result."""
-        work = self.runtime.sessions.submit(self.current_tenant(), request, session_id)
+    async def submit(
+        self, request: ExecutionRequest, session_id: str | None, stream: bool = False
+    ) -> None:
+        """Run through the session manager's door; answer its result (as events: stream)."""
+        feed = OutputFeed() if stream else None
+        work = self.runtime.sessions.submit(self.current_tenant(), request, session_id, feed)
         self.task = asyncio.ensure_future(work)
-        self.write_json(await self.task)
+        if feed is None:
+            self.write_json(await self.task)
+        else:
+            await answer_with_events(self, self.task, feed)
 
     def on_connection_close(self) -> None:
         super().on_connection_close()  # ends a body still streaming in
@@ -61,13 +70,14 @@ class ExecuteHandler(ExecuteBase):
             ExecutionResult,
             errors=EXECUTE_ERRORS,
             body=ExecuteBody,
+            events=DESCRIPTION,
         )
     }
 
     async def post(self) -> None:
         self.current_tenant()
         body = self.body(ExecuteBody)
-        await self.submit(self.request_of(body), body.session_id)
+        await self.submit(self.request_of(body), body.session_id, body.stream)
 
 
 class SessionExecuteHandler(ExecuteBase):
@@ -77,12 +87,14 @@ class SessionExecuteHandler(ExecuteBase):
             ExecutionResult,
             errors=EXECUTE_ERRORS,
             body=ExecuteBody,
+            events=DESCRIPTION,
         )
     }
 
     async def post(self, session_id: str) -> None:
         self.current_tenant()
-        await self.submit(self.request_of(self.body(ExecuteBody)), session_id)
+        body = self.body(ExecuteBody)
+        await self.submit(self.request_of(body), session_id, body.stream)
 
 
 class ExecuteOnDataHandler(ExecuteBase):

@@ -28,6 +28,7 @@ PATH_PARAMETERS = {
         "URL-encoded",
     },
     "name": {"type": "string", "description": "the wheel's file name, as GET /client gives it"},
+    "tenant": {"type": "string", "description": "a tenant's name in the configuration"},
 }
 GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
 
@@ -43,6 +44,9 @@ def _operation(op: Operation, public: bool, refs: dict[type, dict[str, Any]]) ->
         success["content"] = _json(refs[op.answer])
     elif op.download is not None:
         success["content"] = {op.download: {"schema": BINARY}}
+    if op.events is not None:
+        events = {"type": "string", "description": f"Server-Sent Events: {op.events}"}
+        success.setdefault("content", {})["text/event-stream"] = {"schema": events}
     responses[str(op.status)] = success
     for status, description in op.accepted.items():
         accepted: dict[str, Any] = {"description": description}

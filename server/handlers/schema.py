@@ -11,13 +11,13 @@ class SchemaHandler(BaseHandler):
         "get": Operation(
             "Tables and views the query role can read, with columns and keys",
             SchemaAnswer,
-            errors=(503,),
+            errors=(429, 503),
         )
     }
 
     async def get(self) -> None:
-        self.current_tenant()
-        self.write_json(await self.runtime.database.schema())
+        tenant = self.current_tenant()
+        self.write_json(await self.runtime.database.schema(tenant.name))
 
 
 class ProfileHandler(BaseHandler):
@@ -25,13 +25,13 @@ class ProfileHandler(BaseHandler):
         "get": Operation(
             "Column statistics of one table: nulls, top values, histograms",
             Profile,
-            errors=(404, 503),
+            errors=(404, 429, 503),
         )
     }
 
     async def get(self, table: str) -> None:
-        self.current_tenant()
-        self.write_json(await self.runtime.database.profile(table))
+        tenant = self.current_tenant()
+        self.write_json(await self.runtime.database.profile(tenant.name, table))
 
 
 routes = [

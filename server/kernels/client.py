@@ -7,7 +7,8 @@ status of that request have both arrived, ignoring messages of earlier requests.
 Output is bounded twice: every socket has ``zmq.MAXMSGSIZE`` (a larger message drops the
 connection, which a monitor socket reports), and the bytes of one execution's messages are
 counted; past the cap the execution ends with ``OutputTooLarge`` and the caller replaces the
-kernel. So a flood cannot make the server buffer more than the cap.
+kernel. So a flood cannot make the server buffer more than the cap. A caller that streams
+the cell (``on_output``) is handed each output as it arrives, within the same cap.
 
 Output that belongs to no running request (a background thread printing after its cell
 answered: the kernel attributes it to the cell that started the thread) is dropped, never
@@ -25,6 +26,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 OUTPUT_MSG_TYPES = ("stream", "display_data", "execute_result", "error", "update_display_data")
 MONITOR_EVENTS = zmq.EVENT_DISCONNECTED
+# Called with each output (nbformat v4, stream chunks unmerged) as it arrives.
+OnOutput = Callable[[dict[str, Any]], None]
 RESEND_S = 0.25
 UNANSWERED_RESEND_S = 1.0
 
@@ -208,11 +212,17 @@ class KernelClient:
         output_limit: int,
         alive: Any,
         silent: bool = False,
+        on_output: OnOutput | None = None,
     ) -> Execution:
-        """Run ``code``; raise ExecutionTimedOut or OutputTooLarge, else return the Execution."""
+        """Run ``code``; raise ExecutionTimedOut or OutputTooLarge, else return the Execution.
+
+        ``on_output`` is called with each output the Execution keeps, as it arrives.
+        """
         self._stop_draining()
         try:
-            return await self._execute(code, user_expressions, timeout, output_limit, alive, silent)
+            return await self._execute(
+                code, user_expressions, timeout, output_limit, alive, silent, on_output
+            )
         finally:
             self._start_draining()
 
@@ -224,6 +234,7 @@ class KernelClient:
         output_limit: int,
         alive: Any,
         silent: bool,
+        on_output: OnOutput | None,
     ) -> Execution:
         started = time.perf_counter()
         content = {
@@ -272,7 +283,9 @@ class KernelClient:
                 elif msg["msg_type"] == "status":
                     idle = msg["content"].get("execution_state") == "idle"
                 elif msg["msg_type"] in OUTPUT_MSG_TYPES:
-                    _append_output(outputs, msg)
+                    output = _append_output(outputs, msg)
+                    if output is not None and on_output is not None:
+                        on_output({**output})  # a copy: later chunks merge into the first
         assert reply is not None
         return _execution(reply["content"], outputs, (time.perf_counter() - started) * 1000)
 
@@ -338,10 +351,11 @@ def _execution(result: dict[str, Any], outputs: list[dict[str, Any]], ms: float)
     return execution
 
 
-def _append_output(outputs: list[dict[str, Any]], msg: dict[str, Any]) -> None:
-    """Add an iopub output as an nbformat v4 output, merging consecutive stream chunks."""
+def _append_output(outputs: list[dict[str, Any]], msg: dict[str, Any]) -> dict[str, Any] | None:
+    """Add an iopub output as an nbformat v4 output, merging consecutive stream chunks;
+    return it as it came (a chunk stays a chunk), or None if it was dropped."""
     if msg["msg_type"] == "update_display_data":
-        return
+        return None
     try:
         output = nbformat.v4.output_from_msg(msg)
         if output["output_type"] == "error":
@@ -350,7 +364,7 @@ def _append_output(outputs: list[dict[str, Any]], msg: dict[str, Any]) -> None:
             raise TypeError("stream text")
     except (KeyError, TypeError, ValueError):
         log.debug("dropped a malformed %s message from a kernel", msg["msg_type"])
-        return
+        return None
     if (
         output["output_type"] == "stream"
         and outputs
@@ -358,5 +372,6 @@ def _append_output(outputs: list[dict[str, Any]], msg: dict[str, Any]) -> None:
         and outputs[-1]["name"] == output["name"]
     ):
         outputs[-1]["text"] += output["text"]
-        return
+        return output
     outputs.append(output)
+    return output

@@ -30,7 +30,13 @@ from server.errors import (
     OutOfMemory,
     OutputTooLarge,
 )
-from server.kernels.client import ChannelLost, Execution, ExecutionTimedOut, KernelClient
+from server.kernels.client import (
+    ChannelLost,
+    Execution,
+    ExecutionTimedOut,
+    KernelClient,
+    OnOutput,
+)
 from server.kernels.kerneldir import KernelDir, new_connection_info
 from server.kernels.sandbox import ENV_ALLOW_LIST, LaunchSpec, Limits, Sandbox, SandboxedKernel
 
@@ -112,10 +118,12 @@ class Kernel:
         user_expressions: dict[str, str],
         output_limit: int,
         silent: bool = False,
+        on_output: OnOutput | None = None,
     ) -> Execution:
         """Execute ``code`` within the pool's timeout, mapping every failure to our errors.
 
-        ``silent`` runs it outside the history (no count, no pre/post-cell hooks).
+        ``silent`` runs it outside the history (no count, no pre/post-cell hooks);
+        ``on_output`` is handed each output as it arrives (a streaming request).
         """
         timeout = self.pool.timeout_s
         if self._closed:
@@ -123,7 +131,13 @@ class Kernel:
         # A task of its own, so that ``shutdown`` can stop it without cancelling the caller.
         self._execution = execution = asyncio.ensure_future(
             self.client.execute(
-                code, user_expressions, timeout, output_limit, self.alive, silent=silent
+                code,
+                user_expressions,
+                timeout,
+                output_limit,
+                self.alive,
+                silent=silent,
+                on_output=on_output,
             )
         )
         try:

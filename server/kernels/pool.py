@@ -18,12 +18,20 @@ of tenants that may use the pool (at least one). A tenant holding (or waiting fo
 is refused at once with ``RateLimited``, so the shares together never exceed ``max_kernels``
 and a tenant under its share always gets a kernel, however many another one asks for. A pool
 of one tenant is all its share: past ``max_kernels`` it waits, then gets ``Capacity``.
+
+A configuration reload (``reconfigure``) changes a pool in place: its sizes at once (idle
+kernels past the new ``min_idle`` or ``max_kernels`` are destroyed, missing ones started),
+its limits for kernels started from then on (idle kernels started with other limits are
+replaced, and so is a start in flight). Handed-out kernels keep running as they started. A
+pool removed from the configuration is ``retire``d: it keeps no warm kernels and serves only
+the sessions it already has.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -62,6 +70,8 @@ class KernelPool:
         self.in_use = 0
         self.started_total = 0
         self.start_failures = 0
+        self.hits = 0  # kernels handed out warm, from the idle ones
+        self.cold_starts = 0  # kernels a request had to wait for (none was idle)
         self.closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -84,7 +94,29 @@ class KernelPool:
             "min_idle": self.settings.min_idle,
             "started_total": self.started_total,
             "start_failures": self.start_failures,
+            "hits": self.hits,
+            "cold_starts": self.cold_starts,
         }
+
+    def reconfigure(self, settings: PoolSettings, tenants_sharing: int) -> None:
+        """Take new settings (a configuration reload); see the module docstring."""
+        relaunch = _launch(settings) != _launch(self.settings)
+        self.settings = settings
+        self.tenant_share = max(1, settings.max_kernels // max(1, tenants_sharing))
+        if relaunch:
+            while self.idle:
+                self._destroy(self.idle.popleft())
+        surplus = max(len(self.idle) - settings.min_idle, self.total - settings.max_kernels)
+        for _ in range(min(surplus, len(self.idle))):
+            self._destroy(self.idle.popleft())
+        self.fill()
+
+    def retire(self) -> None:
+        """The pool left the configuration: no warm kernels any more; the sessions that use
+        it keep it (a kernel they lose is replaced from it, with its last settings)."""
+        self.settings = dataclasses.replace(self.settings, min_idle=0)
+        while self.idle:
+            self._destroy(self.idle.popleft())
 
     def fill(self) -> None:
         """Start kernels until idle + starting covers the waiters and ``min_idle``, within max."""
@@ -99,8 +131,9 @@ class KernelPool:
             task.add_done_callback(self._tasks.discard)
 
     async def _start_one(self) -> None:
+        settings = self.settings
         try:
-            kernel = await self.start_kernel(self.settings)
+            kernel = await self.start_kernel(settings)
         except Exception as exc:
             self.starting -= 1
             self.start_failures += 1
@@ -117,6 +150,10 @@ class KernelPool:
         self.started_total += 1
         if self.closed:
             await kernel.shutdown()
+            return
+        if _launch(settings) != _launch(self.settings) or self.total >= self.settings.max_kernels:
+            # Reconfigured while it started: other limits now, or no room for it any more.
+            self._destroy(kernel)
             return
         self._hand_out(kernel)
 
@@ -169,6 +206,7 @@ class KernelPool:
             # acquire must not start a kernel past max_kernels meanwhile.
             self.in_use += 1
             if await kernel.usable():
+                self.hits += 1
                 self.fill()
                 return kernel
             self.release(kernel)
@@ -178,7 +216,9 @@ class KernelPool:
         self.fill()
         timeout = self.capacity_wait_s if full else self.start_timeout_s + self.capacity_wait_s
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            kernel = await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            self.cold_starts += 1
+            return kernel
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 # A kernel reached us just as we gave up (timeout, client gone): pass it on.
@@ -232,3 +272,8 @@ class KernelPool:
             self._destroy(self.idle.popleft())
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _launch(settings: PoolSettings) -> PoolSettings:
+    """What a kernel is started with (its limits), without the pool's sizes."""
+    return dataclasses.replace(settings, min_idle=0, max_kernels=1, idle_timeout_s=1.0)

@@ -150,12 +150,12 @@ def download_wheels(settings: Settings, packages: Sequence[str] = (), *, log: Lo
         *WHEEL_PLATFORM_ARGS,
     ]
     log(f"downloading kernel wheels into {wheelhouse}")
-    _run(command, "pip download of the kernel wheels", log)
+    run_step(command, "pip download of the kernel wheels", log)
     done.touch()
     return wheelhouse
 
 
-def _run(command: list[str], what: str, log: Log) -> None:
+def run_step(command: list[str], what: str, log: Log) -> None:
     """Run a host command, streaming its output to log; raise SandboxUnavailable on failure."""
     try:
         process = subprocess.Popen(
@@ -186,24 +186,35 @@ def ensure_base_image(client: docker.DockerClient, settings: Settings, *, log: L
     with map_docker_errors("look up the base image"):
         if _image_exists(client, SLIM_BASE):
             return SLIM_BASE
-        if _image_exists(client, DEBOOTSTRAP_BASE):
-            log(f"reusing {DEBOOTSTRAP_BASE} ({SLIM_BASE} is not in the engine)")
-            return DEBOOTSTRAP_BASE
-    log(
-        f"{SLIM_BASE} is not in the engine and no registry is used: making {DEBOOTSTRAP_BASE} "
-        "with debootstrap"
-    )
+    return debootstrap_image(client, settings, DEBOOTSTRAP_BASE, DEBOOTSTRAP_PACKAGES, log=log)
+
+
+def debootstrap_image(
+    client: docker.DockerClient,
+    settings: Settings,
+    name: str,
+    packages: Sequence[str],
+    *,
+    log: Log = print,
+) -> str:
+    """``name``: a minimal Debian with ``packages``, made once with debootstrap and imported
+    (the server image's base is made this way too, see server_image.py)."""
+    with map_docker_errors("look up the base image"):
+        if _image_exists(client, name):
+            log(f"reusing {name}")
+            return name
+    log(f"no registry is used: making {name} with debootstrap")
     _ensure_debootstrap(log)
     with tempfile.TemporaryDirectory(
         prefix="base-", dir=_scratch_dir(settings), ignore_cleanup_errors=True
     ) as scratch:
         root = Path(scratch) / "root"
         try:
-            _run(
+            run_step(
                 [
                     "debootstrap",
                     "--variant=minbase",
-                    "--include=" + ",".join(DEBOOTSTRAP_PACKAGES),
+                    "--include=" + ",".join(packages),
                     DEBOOTSTRAP_SUITE,
                     str(root),
                     DEBOOTSTRAP_MIRROR,
@@ -215,17 +226,17 @@ def ensure_base_image(client: docker.DockerClient, settings: Settings, *, log: L
             _unmount_under(root)
         _trim_rootfs(root)
         tarball = Path(scratch) / "root.tar"
-        _run(
+        run_step(
             ["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."],
             "packing the base file system",
             log,
         )
-        with map_docker_errors(f"import {DEBOOTSTRAP_BASE}"):
-            repository, tag = DEBOOTSTRAP_BASE.split(":")
+        with map_docker_errors(f"import {name}"):
+            repository, tag = name.split(":")
             client.api.import_image_from_file(
                 str(tarball), repository=repository, tag=tag, changes=['CMD ["/bin/bash"]']
             )
-    return DEBOOTSTRAP_BASE
+    return name
 
 
 def _ensure_debootstrap(log: Log) -> None:
@@ -326,11 +337,11 @@ def build_kernel_image(
                 decode=True,
                 labels={"dataexec.base": base},
             )
-            _follow_build(stream, log)
+            follow_build(stream, log)
     return settings.docker_image
 
 
-def _follow_build(stream: Iterator[dict[str, Any]], log: Log) -> None:
+def follow_build(stream: Iterator[dict[str, Any]], log: Log) -> None:
     """Pass the build log on; raise on the first error the engine reports."""
     for chunk in stream:
         if "error" in chunk:

@@ -6,5 +6,5 @@ checkpoints that let a session outlive its kernel, the session records in the st
 the history of steps and the replay of imported notebooks.
 
 May import: kernels, broker, cache, notebook, store, sql (types only), config, errors, clock,
-and the kernel protocol (``dataexec_kernel.protocol``). Never tornado or HTTP.
+telemetry, and the kernel protocol (``dataexec_kernel.protocol``). Never tornado or HTTP.
 """

@@ -6,7 +6,8 @@ ends. Requests to one session run one at a time, in arrival order; at most
 ``session_queue_size`` may wait behind the running one, past that ``SessionBusy``.
 
 ``submit`` runs a request in a session (created on first use) or, without one, once: SQL
-in the server, Python in a throwaway kernel. ``create`` may start the replay of an
+in the server, Python in a throwaway kernel; with an ``OutputFeed`` (``outputs``) the
+request's outputs are handed over as they happen. ``create`` may start the replay of an
 imported notebook.
 
 A kernel can be lost (timeout that an interrupt did not end, output flood, memory kill,
@@ -25,7 +26,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from dataexec_kernel import protocol
@@ -48,13 +49,17 @@ from server.errors import (
 from server.kernels.kernel import Kernel
 from server.kernels.pool import KernelPool
 from server.sessions import execution
+from server.sessions.audit import AuditLog
 from server.sessions.checkpoints import FORGED_KEY, Checkpoints
 from server.sessions.execution import ExecutionRequest
 from server.sessions.history import ExecutionRecord
 from server.sessions.limits import TenantLimits
+from server.sessions.outputs import OutputFeed
 from server.sessions.records import SessionRecords
 from server.sessions.replay import Replay
 from server.sessions.session import SESSION_ID, Replacement, Session, cancelled, check_id
+from server.telemetry.metrics import Metrics
+from server.telemetry.steps import Step, observe_step
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +74,12 @@ class SessionManager:
         broker: Broker,
         cache: Cache,
         records: SessionRecords,
+        audit: AuditLog,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.audit = audit
+        self.metrics = metrics or Metrics()
         self.pools = pools
         self.broker = broker
         self.cache = cache
@@ -183,9 +192,14 @@ class SessionManager:
         if replay is not None:
             session.replay = replay
             replay.start(
-                lambda request: self.execute(session, request), lambda: self.is_live(session)
+                lambda request: self._replayed(session, request), lambda: self.is_live(session)
             )
         return session
+
+    async def _replayed(self, session: Session, request: ExecutionRequest) -> dict[str, Any]:
+        pool = session.pool.name
+        with self.audit.entry(session.tenant, session.client_id, request, pool=pool) as entry:
+            return entry.answered(await self.execute(session, request))
 
     async def get_or_create(self, tenant: TenantSettings, client_id: str) -> Session:
         """The session with this id, created (without a kernel yet) on first use."""
@@ -197,13 +211,14 @@ class SessionManager:
             )
         return session
 
-    async def delete(self, tenant: TenantSettings, client_id: str) -> None:
+    async def delete(self, tenant: TenantSettings, client_id: str, state: str = "deleted") -> None:
         """End a session now: a running cell is interrupted and its kernel destroyed.
 
-        Its history and cache keys stay in the store (keys live to their own TTL).
+        Its history and cache keys stay in the store (keys live to their own TTL); ``state``
+        is ``terminated`` when an operator ends it (CANCELLED reason ``session_terminated``).
         """
         session = await self.get(tenant, client_id)
-        await self._end(session, "deleted")
+        await self._end(session, state)
 
     async def _end(self, session: Session, state: str) -> None:
         session.ended = state
@@ -245,6 +260,7 @@ class SessionManager:
         lost, session.lost_reason = session.lost_reason, None
         if lost is None:
             return None
+        self.metrics.replacement(session.pool.name, lost)
         try:
             restored, failed = await self.checkpoints.restore(session, kernel)
         except Cancelled as exc:  # the fresh kernel went too (the session was deleted)
@@ -318,15 +334,23 @@ class SessionManager:
     # --- execution ---------------------------------------------------------------------
 
     async def submit(
-        self, tenant: TenantSettings, request: ExecutionRequest, session_id: str | None
+        self,
+        tenant: TenantSettings,
+        request: ExecutionRequest,
+        session_id: str | None,
+        feed: OutputFeed | None = None,
     ) -> dict[str, Any]:
         """Run ``request`` in the tenant's session ``session_id`` (made on first use), or,
-        without one, once: SQL in the server, Python in a throwaway kernel."""
-        with self.limits.execution(tenant):
-            if session_id is None:
-                return await self._run_once(tenant, request)
-            session = await self.get_or_create(tenant, session_id)
-            return await self.execute(session, request)
+        without one, once: SQL in the server, Python in a throwaway kernel. ``feed`` gets
+        the outputs as they happen (started when the cell starts). Audited, however it ends."""
+        with self.audit.entry(tenant.name, session_id, request) as entry:
+            with self.limits.execution(tenant):
+                if session_id is None:
+                    entry.pool = None if request.language == "sql" else tenant.default_pool
+                    return entry.answered(await self._run_once(tenant, request, feed))
+                session = await self.get_or_create(tenant, session_id)
+                entry.pool = session.pool.name
+                return entry.answered(await self.execute(session, request, feed))
 
     @contextlib.asynccontextmanager
     async def _turn(self, session: Session) -> AsyncIterator[None]:
@@ -346,53 +370,95 @@ class SessionManager:
         finally:
             session.lock.release()
 
-    async def execute(self, session: Session, request: ExecutionRequest) -> dict[str, Any]:
+    async def execute(
+        self, session: Session, request: ExecutionRequest, feed: OutputFeed | None = None
+    ) -> dict[str, Any]:
         """Run a request in the session, in order behind earlier requests."""
         async with self._turn(session):
             if self._gone(session):
                 raise self._cancelled(session, "before the request ran")
             await self.checkpoints.settled(session)
             try:
-                return await self._run(session, request)
+                with self._observed(session.tenant, session.pool.name, request, session):
+                    return await self._run(session, request, feed)
             finally:
                 session.last_activity = time.time()
                 record, session.running = session.running, None
                 if record is not None and session.persistent:
                     self.checkpoints.after(session, record)
 
-    async def _run_once(self, tenant: TenantSettings, request: ExecutionRequest) -> dict[str, Any]:
+    async def _run_once(
+        self, tenant: TenantSettings, request: ExecutionRequest, feed: OutputFeed | None
+    ) -> dict[str, Any]:
         if request.language == "sql":
-            return await self._run_sql_in_server(tenant, request)
+            if feed is not None:
+                feed.start()  # the query is the cell: it prints nothing, its result streams
+            with self._observed(tenant.name, "server", request):
+                return await self._run_sql_in_server(tenant, request)
         session = Session(tenant=tenant.name, client_id="", pool=self._pool_for(tenant, None))
         self.throwaway_running += 1
         try:
             async with session.lock:
-                result = await self._run(session, request)
+                with self._observed(tenant.name, session.pool.name, request, session):
+                    result = await self._run(session, request, feed)
         finally:
             self.throwaway_running -= 1
             self._drop_kernel(session, "throwaway")
         result["session_id"] = None
         return result
 
+    @contextlib.contextmanager
+    def _observed(
+        self, tenant: str, pool: str, request: ExecutionRequest, session: Session | None = None
+    ) -> Iterator[None]:
+        """Count, time and log one step (``server.telemetry.steps``); the code only with
+        ``log_code``."""
+        step = Step(
+            tenant=tenant,
+            session=session.client_id or None if session is not None else None,
+            language=request.language,
+            kind=request.kind,
+            pool=pool,
+            code=request.code if self.settings.log_code else None,
+        )
+        with observe_step(self.metrics, step):
+            try:
+                yield
+            finally:
+                record = session.running if session is not None else None
+                if record is not None:
+                    step.execution_count = record.execution_count
+                    step.kernel_replaced = record.kernel_replaced
+
     async def _run_sql_in_server(
         self, tenant: TenantSettings, request: ExecutionRequest
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        table = await self.broker.query_table(
-            tenant.name, request.code, request.params, preview_rows=request.max_rows
-        )
-        # Statistics and preview of a large table take cpu seconds: off the event loop.
-        result = await asyncio.to_thread(table_result, table, request.max_rows)
-        result["metadata"]["execution_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        caller = Caller(tenant.name, "", "")
-        caller.lineage.begin(request.lineage(None))
-        key = await self.cache.spill(tenant.name, None, table, caller.lineage.of("result", None))
+        hold = self.cache.memory.hold()  # the result is held whole until it is written
+        try:
+            table = await self.broker.query_table(
+                tenant.name, request.code, request.params, preview_rows=request.max_rows, hold=hold
+            )
+            # Statistics and preview of a large table take cpu seconds: off the event loop.
+            result = await asyncio.to_thread(table_result, table, request.max_rows)
+            result["metadata"]["execution_time_ms"] = round(
+                (time.perf_counter() - started) * 1000, 3
+            )
+            caller = Caller(tenant.name, "", "")
+            caller.lineage.begin(request.lineage(None))
+            lineage = caller.lineage.of("result", None)
+            key = await self.cache.spill(tenant.name, None, table, lineage, hold)
+        except BaseException:
+            hold.release()
+            raise
         result.update(
             session_id=None, execution_count=None, kernel_replaced=False, outputs=[], cache_key=key
         )
         return result
 
-    async def _run(self, session: Session, request: ExecutionRequest) -> dict[str, Any]:
+    async def _run(
+        self, session: Session, request: ExecutionRequest, feed: OutputFeed | None = None
+    ) -> dict[str, Any]:
         replacement = await self._ensure_kernel(session)
         kernel, caller = session.kernel, session.caller
         assert kernel is not None and caller is not None
@@ -414,11 +480,14 @@ class SessionManager:
         if replacement is not None:
             context.update(replacement.describe())
         preview = self.settings.output_limit_bytes // 2  # the answer's part of the output
+        if feed is not None:
+            feed.start()
         try:
             done = await kernel.run(
                 record.cell,
                 {protocol.EXPRESSION: protocol.result_expression(request.max_rows, preview)},
                 self.settings.output_limit_bytes,
+                on_output=feed.put if feed is not None else None,
             )
         except Cancelled as exc:  # deleted, restarted or shut down under the cell
             stopped = cancelled(exc.extra["reason"], "while the cell ran", **context)

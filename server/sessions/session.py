@@ -33,6 +33,7 @@ STOPPED_BECAUSE = {
     "session_expired": "the session expired",
     "restart": "the session was restarted",
     "server_shutdown": "the server is shutting down",
+    "session_terminated": "an operator ended the session",
 }
 
 

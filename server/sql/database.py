@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,13 +34,15 @@ from server.sql.errors import QueryCancelled
 from server.sql.introspect import describe_schema
 from server.sql.profile import profile_table
 from server.sql.streaming import END, ClosingReader, QueryStream, check_rows
+from server.telemetry.metrics import Metrics
 
 
 class QueryDatabase:
     """The database DataExec analyses, seen through the SELECT-only role."""
 
-    def __init__(self, settings: Settings, url: str) -> None:
+    def __init__(self, settings: Settings, url: str, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.url = make_url(url)
         self.backend = self.url.get_backend_name()  # SQLAlchemy's name, for the guard
         self.dialect = dialect_for(settings, self.url)
@@ -63,6 +66,7 @@ class QueryDatabase:
 
         def produce() -> None:
             started = False
+            began, status = time.perf_counter(), "ok"
             try:
                 with self.errors.translated():
                     reader = self.dialect.read(query, params, stream)
@@ -78,12 +82,18 @@ class QueryDatabase:
                     reader.close(None)
                     stream.put(END)
             except BaseException as exc:  # handed to the consumer, who raises it
+                status = (
+                    "cancelled"
+                    if isinstance(exc, QueryCancelled)
+                    else str(getattr(exc, "type", "INTERNAL"))
+                )
                 if not started:
                     stream.put_head(exc)
                 elif not stream.stop.is_set():
                     stream.put(exc)
             finally:
                 stream.ended()
+                self.metrics.query(status, time.perf_counter() - began)
 
         threading.Thread(target=produce, name="query", daemon=True).start()
         return stream
@@ -97,6 +107,7 @@ class QueryDatabase:
                 raise QueryCancelled()
             check_rows(batch, self.settings.sql_max_row_bytes)
             used += batch.nbytes
+            self.metrics.result_bytes(batch.nbytes)
             if used > cap:
                 raise OutputTooLarge(
                     f"the query result exceeds {cap} bytes "
@@ -114,13 +125,16 @@ class QueryDatabase:
             stream.cancel()
             await stream.closed()
 
-    async def schema(self) -> dict[str, Any]:
-        """The ``GET /schema`` answer (see ``introspect``)."""
-        return await asyncio.to_thread(describe_schema, self.engine)
+    async def schema(self, tenant: str) -> dict[str, Any]:
+        """The ``GET /schema`` answer (see ``introspect``), in a slot of ``tenant``'s."""
+        async with self.gate.slot(tenant):
+            return await asyncio.to_thread(describe_schema, self.engine)
 
-    async def profile(self, table: str) -> dict[str, Any]:
-        """The ``GET /schema/{table}/profile`` answer (see ``profile``)."""
-        return await asyncio.to_thread(profile_table, self.engine, table)
+    async def profile(self, tenant: str, table: str) -> dict[str, Any]:
+        """The ``GET /schema/{table}/profile`` answer (see ``profile``), in a slot of
+        ``tenant``'s: a profile reads the table, and a flood of them must wait its turn."""
+        async with self.gate.slot(tenant):
+            return await asyncio.to_thread(profile_table, self.engine, table)
 
     def describe(self) -> dict[str, Any]:
         """Which path serves this database and what it guarantees (for ``GET /health``)."""

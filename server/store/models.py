@@ -7,6 +7,9 @@
     cache_entries    the index of cached result frames; ``key`` is the UUID4 a client sees,
                      ``path`` is relative to the cache dir and built from the key only
     cache_evictions  why and when a key went away (so a read of it can say so)
+    audit_executions one row per execution request of any tenant, with or without a session
+                     (``GET /audit``); kept for ``audit_retention_s``, apart from the
+                     sessions so that purging a session keeps its audit trail
 
 The schema changes only through the Alembic migrations in ``server/store/migrations``; a
 test checks that these models and the migrations agree.
@@ -156,3 +159,41 @@ class CacheEviction(Base):
     tenant: Mapped[str] = mapped_column(sa.String(NAME_LEN))
     reason: Mapped[str] = mapped_column(sa.String(32))
     at: Mapped[datetime]
+
+
+class AuditRow(Base):
+    """One execution request as operators audit it: who, where, how it went, how long.
+
+    ``session_id`` is the client's id (None without a session), not a key of ``sessions``;
+    ``status`` is ``success``, ``error`` (with ``error_type``) or ``disconnected``. ``code``
+    is kept but only answered when asked for, since code can hold secrets.
+    """
+
+    __tablename__ = "audit_executions"
+    __table_args__ = (
+        sa.Index(None, "started", "id"),
+        sa.Index(None, "tenant", "started"),
+        sa.Index(None, "tenant", "session_id", "started"),
+        sa.Index(None, "status", "started"),
+        sa.Index(None, "error_type", "started"),
+        sa.Index(None, "language", "started"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    started: Mapped[datetime]
+    tenant: Mapped[str] = mapped_column(sa.String(NAME_LEN))
+    session_id: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    execution_count: Mapped[int | None] = mapped_column(sa.Integer)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    language: Mapped[str] = mapped_column(sa.String(16))
+    pool: Mapped[str | None] = mapped_column(sa.String(NAME_LEN))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    error_type: Mapped[str | None] = mapped_column(sa.String(64))
+    duration_ms: Mapped[float] = mapped_column(sa.Float)
+    row_count: Mapped[int | None] = mapped_column(sa.BigInteger)
+    cache_key: Mapped[str | None] = mapped_column(sa.String(UUID_LEN))
+    kernel_replaced: Mapped[str | None] = mapped_column(sa.String(64))
+    request_id: Mapped[str | None] = mapped_column(sa.String(64))
+    code_bytes: Mapped[int] = mapped_column(sa.Integer)
+    code: Mapped[str] = mapped_column(sa.Text)
+    params: Mapped[dict[str, Any] | None]

@@ -235,7 +235,7 @@ class Arena:
         runtime_dir = Path(self.serve.env["DATAEXEC_RUNTIME_DIR"])
         found = [f"pid {pid}" for pid in leftover_pids(runtime_dir)]
         found += kernel_leftovers(self.serve.env)
-        if self.sandbox == "docker":
+        if self.sandbox.startswith("docker"):
             import docker
 
             engine = docker.from_env(version="auto")

@@ -27,6 +27,7 @@ from dataexec_kernel import protocol
 from server import errors
 from server.broker.broker import Broker, error_frame, read_frame
 from server.broker.caller import Caller
+from server.cache.memory import FrameMemory
 
 WAIT = 5.0  # no frame here takes more than milliseconds; this only stops a hang
 
@@ -212,11 +213,17 @@ def test_every_broker_error_type_is_one_the_server_answers_with() -> None:
 
 
 class Untouchable:
-    """A stand-in for the query database or the cache that records any use of it."""
+    """A stand-in for the query database or the cache that records any use of it.
+
+    The cache's ``memory`` is real: a put takes its bytes before reading them, and a refused
+    put must give them back (``serve_one`` checks).
+    """
 
     def __init__(self, name: str) -> None:
         self._name = name
         self.touched: list[str] = []
+        if name == "cache":
+            self.memory = FrameMemory(limit=1 << 20, wait_s=0)
 
     def __getattr__(self, attribute: str) -> Any:
         self.touched.append(attribute)
@@ -241,6 +248,7 @@ async def serve_one(pair: Pair, stubs: tuple[Untouchable, Untouchable], request:
         rest = await asyncio.to_thread(stream.read)
     assert rest == b"", "one answer, then the broker closes the connection"
     assert database.touched == [] and cache.touched == []
+    assert cache.memory.used == 0
     return answer
 
 

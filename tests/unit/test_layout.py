@@ -37,10 +37,12 @@ KERNEL_PROTOCOL = {"dataexec_kernel.protocol", "dataexec_kernel.errors"}
 ROOMS = {
     *("handlers", "sessions", "kernels", "broker", "sql"),
     *("cache", "notebook", "store", "embedded", "ops"),
+    "platform",
 }
 # The top: modules every room may stand on. ``config`` is a package (its declarations and
-# its loading), but a top unit like the others, not a room.
-TOP = {"config", "database_url", "errors", "clock", "auth"}
+# its loading), but a top unit like the others, not a room; so is ``telemetry`` (the metrics
+# and log lines the rooms report to; it imports nothing of the server).
+TOP = {"config", "database_url", "errors", "clock", "auth", "telemetry"}
 # The arrows: what each unit may import besides itself. A unit is a room folder of
 # server/, a top module of server/, "protocol" (KERNEL_PROTOCOL), "kernel_package" (the rest
 # of dataexec_kernel) or "client" (dataexec_client). The package root ``server`` only holds
@@ -57,29 +59,32 @@ ALLOWED: dict[str, set[str]] = {
     "handlers": (ROOMS - {"handlers", "embedded"}) | TOP | {"runtime", "protocol"},
     # sessions/__init__ (and DESIGN.md: handlers -> sessions -> {kernels, broker})
     "sessions": {"kernels", "broker", "cache", "notebook", "store", "sql"}
-    | {"config", "errors", "clock", "protocol"},
+    | {"config", "errors", "clock", "protocol", "telemetry"},
     # broker/__init__: sql, cache, config, errors, and the kernel protocol
-    "broker": {"sql", "cache", "config", "errors", "protocol"},
+    "broker": {"sql", "cache", "config", "errors", "protocol", "telemetry"},
     # cache/__init__: store, config, errors, clock, and the kernel protocol
-    "cache": {"store", "config", "errors", "clock", "protocol"},
+    "cache": {"store", "config", "errors", "clock", "protocol", "telemetry"},
     # notebook/__init__: errors, clock
     "notebook": {"errors", "clock"},
     "store": {"errors"},
     # kernels/__init__: config, errors, and the kernel protocol
     "kernels": {"config", "errors", "protocol"},
     "embedded": {"errors"},
+    # platform/__init__: config, errors, clock (the runtime hands in what it reports)
+    "platform": {"config", "errors", "clock"},
     # ops/__init__: kernels (the Docker engine client), config, errors, and the kernel
     # package it builds into images and wheels
     "ops": {"kernels", "config", "errors", "protocol", "kernel_package"},
     # sql/__init__: config, errors, and the kernel package's errors (the connection failures
     # it shares with the analysts' client)
-    "sql": {"config", "errors", "protocol"},
+    "sql": {"config", "errors", "protocol", "telemetry"},
     # the top modules import only below them
     "auth": {"config", "errors"},
     "config": {"errors", "database_url"},
     "database_url": set(),
     "errors": set(),
     "clock": set(),
+    "telemetry": set(),
     "server": set(),
     # the in-kernel package and the analysts' client (rule (d) also checks imports by name)
     "protocol": set(),
