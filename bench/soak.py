@@ -173,7 +173,9 @@ def scrape_metrics(server: BenchServer, http: httpx.Client) -> dict[str, float]:
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(answer.text):
         for sample in family.samples:
-            if sample.name.endswith(("_total", "_count")) or family.type == "gauge":
+            if sample.name.endswith(("_total", "_count")) or (
+                family.type == "gauge" and not sample.name.endswith("_created")
+            ):
                 totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
     return totals
 

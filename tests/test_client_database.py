@@ -149,15 +149,18 @@ async def test_db_settings_as_the_replaced_system_documents_them(
     request: pytest.FixtureRequest, tmp_path: Path, dialect: str, sandbox: str
 ) -> None:
     server = database(request, dialect)
-    env = {**serve_env(tmp_path), **server.reader_env(), "DATAEXEC_SANDBOX": sandbox}
+    name, _, runtime = sandbox.partition("-")  # "docker-runsc": gVisor's runtime
+    env = {**serve_env(tmp_path), **server.reader_env(), "DATAEXEC_SANDBOX": name}
     env["DATAEXEC_POOLS__DEFAULT__MIN_IDLE"] = "0"
-    if sandbox == "docker" and not docker_ready(load_settings(env=env)):
+    if runtime:
+        env["DATAEXEC_POOLS__DEFAULT__DOCKER_RUNTIME"] = runtime
+    if name == "docker" and not docker_ready(load_settings(env=env)):
         # fails instead where Docker is required (CI, DATAEXEC_REQUIRE_DOCKER=1)
         docker_missing("no Docker engine or kernel image")
     served = await start_serve(env)
     try:
         async with served.client(timeout=60) as client:
-            assert (await client.get("/health", headers=OPERATOR)).json()["sandbox"] == sandbox
+            assert (await client.get("/health", headers=OPERATOR)).json()["sandbox"] == name
             await check_whole_api(client, dialect, f"db-{dialect}-{sandbox}")
     finally:
         assert await served.stop() == 0

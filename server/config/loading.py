@@ -207,6 +207,12 @@ def load_settings(
     return Settings(**values, pools=pools, tenants=tenants, config_file=path)
 
 
+# gVisor's Sentry runs in the container's pids cgroup: with 64 it exited with status 2 at
+# random (a Go runtime that cannot make a thread), even on start; 128 held the adversarial
+# suite's fork bomb.
+RUNSC_MIN_PIDS = 128
+
+
 def _load_pools(
     pools_raw: Any, env: Mapping[str, str], errors: list[str]
 ) -> dict[str, PoolSettings]:
@@ -232,6 +238,11 @@ def _load_pools(
         )
         if values["min_idle"] > values["max_kernels"]:
             errors.append(f"pools.{name}.min_idle: larger than max_kernels")
+        if values["docker_runtime"] == "runsc" and values["pids"] < RUNSC_MIN_PIDS:
+            errors.append(
+                f"pools.{name}.pids: gVisor's own threads count against it under runsc; "
+                f"give at least {RUNSC_MIN_PIDS}, got {values['pids']}"
+            )
         pools[name] = PoolSettings(name=name, **values)
     return pools
 

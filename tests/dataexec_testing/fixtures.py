@@ -28,6 +28,7 @@ from dataexec_testing.api import (
     remove_host_places,
     start_server,
 )
+from server.config.loading import RUNSC_MIN_PIDS
 from server.embedded.postgres import EmbeddedPostgres
 
 
@@ -69,7 +70,12 @@ async def api(
     if runtime:
         pools = settings.pools.items()
         settings = settings.replace(
-            pools={name: dataclasses.replace(pool, docker_runtime=runtime) for name, pool in pools}
+            pools={
+                name: dataclasses.replace(
+                    pool, docker_runtime=runtime, pids=max(pool.pids, RUNSC_MIN_PIDS)
+                )
+                for name, pool in pools
+            }
         )
     if sandbox == "docker" and not docker_ready(settings):
         docker_missing(

@@ -165,6 +165,19 @@ def test_pools_come_from_file_and_environment(tmp_path: Path) -> None:
     assert "default" in settings.pools
 
 
+def test_a_gvisor_pool_needs_room_for_gvisors_own_threads() -> None:
+    env = {
+        "DATAEXEC_POOLS__GUARDED__DOCKER_RUNTIME": "runsc",
+        "DATAEXEC_POOLS__GUARDED__PIDS": "64",
+    }
+    assert problems(env) == [
+        "pools.guarded.pids: gVisor's own threads count against it under runsc; "
+        "give at least 128, got 64"
+    ]
+    env["DATAEXEC_POOLS__GUARDED__PIDS"] = "128"
+    assert load_settings(env=env).pools["guarded"].pids == 128
+
+
 def test_generated_token_is_kept_private_in_the_state_dir(tmp_path: Path) -> None:
     settings = with_default_tenant(load_settings(env={"DATAEXEC_STATE_DIR": str(tmp_path)}))
     token = settings.tenants["default"].tokens[0]
