@@ -247,7 +247,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list
 
 
 def fmt(value: float, unit: str) -> str:
-    digits = {"ms": 1, "s": 2, "MiB": 1, "x": 0}.get(unit, 2)
+    digits = {"ms": 1, "s": 2, "MiB": 1}.get(unit, 2)
     return f"{value:,.{digits}f} {unit}"
 
 

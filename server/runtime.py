@@ -120,6 +120,7 @@ class Runtime:
             default_quota=settings.cache_quota_bytes,
             memory=FrameMemory(settings.frame_memory_bytes, settings.capacity_wait_s),
             metrics=self.metrics,
+            hot_bytes=settings.cache_hot_bytes,
         )
         await asyncio.to_thread(self.cache.recover)
         # Fails early on a dialect the guard cannot parse, and loads sqlglot (~0.1 s) now

@@ -154,7 +154,7 @@ async def test_load_of_a_key_that_expands_streams_in_bounded_memory(
             client,
             "load",
             "from dataexec_kernel import broker\n"
-            f"broker.fetch({{'op': 'load', 'key': {key!r}}}).num_rows",
+            f"broker.load_table({key!r}, mapped=False).num_rows",
         )
         assert rows == 40_000
         assert memory.growth() < GROWTH_BOUND, memory.growth()

@@ -17,41 +17,16 @@ import httpx
 from dataexec_testing.api import (
     ONE_SERVER,
     OPERATOR,
-    OPERATOR_TOKEN,
     TOKEN_A,
     RunningServer,
     assert_error,
     ok,
     wait_for,
 )
+from dataexec_testing.scrapes import Samples, parse, scrape, value
 from dataexec_testing.serve import serve_env, start_serve
-from prometheus_client.parser import text_string_to_metric_families
 
 from server.embedded.postgres import EmbeddedPostgres
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    """Every sample of a scrape, by name and labels."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """A sample's value; 0 when it is not there yet (a counter never incremented)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-async def scrape(api: RunningServer) -> Samples:
-    async with api.client(token=OPERATOR_TOKEN) as operator:
-        answer = await operator.get("/metrics")
-    assert answer.status_code == 200, answer.text
-    assert answer.headers["Content-Type"].startswith("text/plain")
-    return parse(answer.text)
 
 
 @ONE_SERVER
@@ -113,7 +88,7 @@ async def test_metrics_move_with_requests_executions_queries_cache_and_replaceme
     assert grew("dataexec_db_query_duration_seconds_count", status="ok") >= 2
     assert grew("dataexec_db_result_bytes_total") > 0
     assert grew("dataexec_broker_bytes_total", op="sql", direction="to_kernel") > 0
-    assert grew("dataexec_broker_bytes_total", op="put", direction="from_kernel") > 0
+    assert grew("dataexec_broker_bytes_total", op="put", direction="from_kernel_mapped") > 0
 
     # Parquet writes finish after the answer: the written bytes and the keys follow.
     async def written() -> Samples | None:

@@ -2,10 +2,18 @@
 
 A DataExec kernel holds no database credentials and has no network; its only door to data
 is the broker socket at ``$DATAEXEC_BROKER``. Frames are ``protocol``'s.
+
+``load`` asks for a mapped answer: a descriptor of the key's Arrow file in the server's hot
+tier, read here through a read-only memory map without a copy; a key that is not hot comes
+as a stream, like a query's result. ``put`` writes its stream once, into a memfd sealed
+against change, and passes the descriptor; the stream itself follows through the socket
+only where the sandbox cannot make or pass one.
 """
 
 from __future__ import annotations
 
+import fcntl
+import mmap
 import os
 import socket
 from typing import Any
@@ -54,26 +62,86 @@ def put(table: Any, kind: protocol.PutKind = "result", name: str | None = None) 
     """Send an Arrow table to the server's cache; its new cache key.
 
     ``kind`` says why (``result``, ``save``, ``checkpoint``) and ``name`` what the frame is
-    called; both go into the key's lineage.
+    called; both go into the key's lineage. The stream is written once, into sealed memory
+    (a memfd) whose descriptor the broker maps; where none can be made or passed it follows
+    the marker byte through the socket.
     """
     import pyarrow as pa
 
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    body = sink.getvalue()
-    request: protocol.PutRequest = {"op": "put", "bytes": body.size, "kind": kind, "name": name}
-    with _connect() as sock:
+    size = _stream_size(table)
+    request: protocol.PutRequest = {
+        "op": "put",
+        "bytes": size,
+        "kind": kind,
+        "name": name,
+        "mapped": True,
+    }
+    with _connect() as sock, sock.makefile("rb") as answers:
+        sock.sendall(protocol.encode_frame(request))
+        _answer(answers)  # go on (or why not: over a cap, no room)
+        fd = _sealed_stream(table, size)
         try:
-            sock.sendall(protocol.encode_frame(request) + body.to_pybytes())
-        except OSError:  # refused unread (over a cap): its answer says why
-            pass
-        with sock.makefile("rb") as stream:
-            return str(_answer(stream)["cache_key"])
+            if fd is None or not _send_fd(sock, fd):
+                sock.sendall(MARKER)
+                with sock.makefile("wb") as out, pa.ipc.new_stream(out, table.schema) as ipc:
+                    ipc.write_table(table)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return str(_answer(answers)["cache_key"])
 
 
-def fetch(request: protocol.SqlRequest | protocol.LoadRequest) -> Any:
-    """Send a request whose answer is an Arrow stream; return it as a pyarrow Table."""
+MARKER = b"\0"  # the byte a descriptor travels with
+
+
+def _stream_size(table: Any) -> int:
+    import pyarrow as pa
+
+    mock = pa.MockOutputStream()
+    with pa.ipc.new_stream(mock, table.schema) as ipc:
+        ipc.write_table(table)
+    return int(mock.size())
+
+
+def _sealed_stream(table: Any, size: int) -> int | None:
+    """A memfd holding the table's IPC stream, sealed against any change; None where the
+    sandbox makes none."""
+    import pyarrow as pa
+
+    try:
+        fd = os.memfd_create("dataexec-frame", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except (AttributeError, OSError):
+        return None
+    try:
+        os.ftruncate(fd, size)
+        view = mmap.mmap(fd, size)
+        try:
+            sink = pa.FixedSizeBufferWriter(pa.py_buffer(view))
+            with pa.ipc.new_stream(sink, table.schema) as ipc:
+                ipc.write_table(table)
+            del sink, ipc  # they export the map, which must be closed before sealing
+        finally:
+            view.close()
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+    except (OSError, BufferError):
+        os.close(fd)
+        return None
+    return fd
+
+
+SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+def _send_fd(sock: socket.socket, fd: int) -> bool:
+    try:
+        return socket.send_fds(sock, [MARKER], [fd]) == 1
+    except OSError:  # a sandbox that cannot pass it: the stream follows the marker instead
+        return False
+
+
+def query(request: protocol.SqlRequest) -> tuple[Any, str | None]:
+    """Run a query: its result as a pyarrow Table, and the cache key the broker kept it
+    under (None when it could not)."""
     import pyarrow as pa
 
     with _connect() as sock:
@@ -81,10 +149,50 @@ def fetch(request: protocol.SqlRequest | protocol.LoadRequest) -> Any:
         with sock.makefile("rb") as stream:
             _answer(stream)
             table = pa.ipc.open_stream(stream).read_all()
-            _answer(stream)
-    return table
+            key = _answer(stream).get("cache_key")
+    return table, key if isinstance(key, str) else None
+
+
+def load_table(key: str, mapped: bool = True) -> Any:
+    """The cached frame of ``key`` as a pyarrow Table: mapped from its hot file when the
+    broker hands one over (and ``mapped``), else read from the stream it sends."""
+    import pyarrow as pa
+
+    request: protocol.LoadRequest = {"op": "load", "key": key, "mapped": mapped}
+    with _connect() as sock:
+        sock.sendall(protocol.encode_frame(request))
+        # The descriptor comes with the head frame's first bytes: read those with recvmsg.
+        first, fds, _, _ = socket.recv_fds(sock, protocol.FRAME.size, 1)
+        try:
+            with sock.makefile("rb") as stream:
+                head = _answer(_Prefixed(first, stream))
+                if not head.get("mapped"):
+                    table = pa.ipc.open_stream(stream).read_all()
+                    _answer(stream)
+                    return table
+                if not fds:
+                    raise errors.DataExecError("the broker sent no file for a mapped load")
+                try:
+                    source = pa.py_buffer(mmap.mmap(fds[0], 0, prot=mmap.PROT_READ))
+                except (OSError, ValueError):  # a sandbox that cannot map it: read it
+                    source = pa.PythonFile(os.fdopen(os.dup(fds[0]), "rb"))
+                return pa.ipc.open_file(source).read_all()
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+class _Prefixed:
+    """A binary stream whose first bytes were read already (with their descriptors)."""
+
+    def __init__(self, first: bytes, rest: Any) -> None:
+        self.first, self.rest = first, rest
+
+    def read(self, size: int) -> bytes:
+        head, self.first = self.first[:size], self.first[size:]
+        return head + (self.rest.read(size - len(head)) if size > len(head) else b"")
 
 
 def load_frame(key: str) -> Any:
     """The cached frame of ``key`` as a DataFrame."""
-    return fetch({"op": "load", "key": key}).to_pandas()
+    return load_table(key).to_pandas()

@@ -7,7 +7,7 @@ document (a ``protocol.ResultPayload``) under ``protocol.RESULT_MIMETYPE``, alre
 string, so NaN, dates and numpy scalars are settled here and never reach the kernel's own
 JSON encoder. A frame goes to the cache as one Arrow table, index and pandas metadata
 included (``protocol.arrow_table``), so ``load(key)`` gives back the same frame; its preview
-and statistics come from ``protocol.table_payload`` on the columns of that same table an
+and statistics come from ``answers.table_payload`` on the columns of that same table an
 answer shows (``protocol.answer_columns``): one implementation for the server's SQL and
 the kernel's frames.
 
@@ -38,7 +38,7 @@ import datetime as dt
 import decimal
 from typing import Any
 
-from dataexec_kernel import broker, helpers, protocol
+from dataexec_kernel import answers, broker, helpers, protocol
 from dataexec_kernel.errors import DataExecError
 
 PIP_MESSAGE = (
@@ -105,14 +105,14 @@ def frame_answer(
         plan = protocol.answer_columns(table.schema)
         fields = _field_dtypes(frame)
         preview, dtypes = protocol.shown(table, plan), [fields[i] for i, _ in plan]
-    return protocol.table_payload(preview, max_rows, dtypes, max_bytes)
+    return answers.table_payload(preview, max_rows, dtypes, max_bytes)
 
 
 def _scalar_payload(value: Any) -> protocol.ResultPayload:
     return {
         "kind": "scalar",
         "columns": ["value"],
-        "rows": [[protocol.json_value(value)]],
+        "rows": [[answers.json_value(value)]],
         "row_count": 1,
         "truncated": False,
         "result_schema": [{"name": "value", "type": type(value).__name__, "stats": {}}],
@@ -166,15 +166,15 @@ class ResultCapture:
     def _frame_payload(self, frame: Any, max_rows: int, max_bytes: int) -> protocol.ResultPayload:
         """Preview and statistics of the answer's columns of the table the cache gets, and
         the frame's cache key (or why there is none: no broker, over a cap, the quota,
-        wider than ``protocol.MAX_RESULT_COLUMNS``, columns Arrow cannot hold).
+        wider than ``answers.MAX_RESULT_COLUMNS``, columns Arrow cannot hold).
 
         The cache gets the frame as ``frames.storable`` makes it (unique string column
         names, values Arrow cannot hold as text), and the answer says what that changed.
         """
-        from dataexec_kernel.frames import note_cached, storable
+        from dataexec_kernel.frames import cached_key, note_cached, storable
 
         key, cache_error, table = None, None, None
-        width, cap = frame.shape[1], protocol.MAX_RESULT_COLUMNS
+        width, cap = frame.shape[1], answers.MAX_RESULT_COLUMNS
         original, warnings = frame, []
         if width > cap:  # neither answered nor cached whole: too wide to be either
             frame = frame.iloc[:, :cap]
@@ -190,9 +190,12 @@ class ResultCapture:
         except Exception as exc:
             cache_error = {"type": "EXECUTION_ERROR", "message": f"not cached: {exc}"}
         if table is not None and cache_error is None:
+            # A frame sql() or load() gave, unchanged, is in the cache already: its key.
+            key = cached_key(original) if frame is original else None
             try:
-                key = broker.put(table)
-                note_cached(original, key)
+                if key is None:
+                    key = broker.put(table)
+                    note_cached(original, key)
             except DataExecError as exc:
                 cache_error = {"type": exc.type, "message": exc.message}
             except OSError as exc:  # the broker hung up (a refused frame it did not read)
@@ -235,6 +238,10 @@ def _refuse_pip(line: str = "", cell: str | None = None) -> None:
 def install(ipython: Any) -> None:
     """Register result capture, the helpers and the pip refusal in ``ipython``."""
     capture = ResultCapture(ipython)
+    # No output history (Out, _1, _2, ...): each frame a cell showed would stay in memory
+    # for good, and a session that shows a large frame a few times runs out of it. The last
+    # three results (_, __, ___) are still there, as in IPython.
+    ipython.displayhook.do_full_cache = 0
     ipython.events.register("pre_run_cell", capture.pre_run_cell)
     ipython.events.register("post_run_cell", capture.post_run_cell)
     ipython.push({protocol.CAPTURE: capture}, interactive=False)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dataexec_kernel import broker, protocol
+from dataexec_kernel import answers, broker, protocol
 
 SAMPLE_ROWS = 2048
 NAME_CHARS = 256  # a longer column name is cut (and said so)
@@ -47,13 +47,23 @@ def fingerprint(frame: Any) -> tuple[Any, ...]:
     return (id(frame), frame.shape, tuple(map(str, frame.columns)), dtypes, sample)
 
 
-# Frames that are in the cache already, by object: this step's results and loaded frames.
+# Frames that are in the cache already, by object: this step's results, sql()'s results
+# (the broker keeps them) and loaded frames.
 # A checkpoint of one that is still unchanged reuses its key instead of sending it again.
 CACHED: dict[int, tuple[tuple[Any, ...], str]] = {}
 
 
 def note_cached(frame: Any, key: str) -> None:
     CACHED[id(frame)] = (fingerprint(frame), key)
+
+
+def cached_key(frame: Any, mark: tuple[Any, ...] | None = None) -> str | None:
+    """The key ``frame`` is in the cache under already, if it is unchanged since (``mark``:
+    its fingerprint, when the caller has it)."""
+    known = CACHED.get(id(frame))
+    if known is None or known[0] != (mark or fingerprint(frame)):
+        return None
+    return known[1]
 
 
 def storable(frame: Any) -> tuple[Any, list[str]]:
@@ -142,8 +152,13 @@ def _as_text(value: Any) -> Any:
         return value.hex()
     if isinstance(value, (dict, list, tuple)):
         value = list(value) if isinstance(value, tuple) else value
-        return json.dumps(protocol.json_value(value), default=str)
+        return json.dumps(answers.json_value(value), default=str)
     return str(value)
+
+
+def _mark(taken: tuple[Any, ...] | None, frame: Any) -> tuple[Any, ...]:
+    """The fingerprint ``changed`` took of this very frame, else a new one."""
+    return taken if taken is not None and taken[0] == id(frame) else fingerprint(frame)
 
 
 def _frame_bytes(frame: Any) -> int:
@@ -157,13 +172,15 @@ class Frames:
         self.ipython = ipython
         self.checkpoints: dict[str, tuple[tuple[Any, ...], str]] = {}
         self.seen: dict[str, tuple[Any, ...]] = {}  # every named frame at the last pass
+        # The fingerprints ``changed`` took after this step's cell: the pass that follows
+        # at once (no cell runs between) uses them rather than hashing every frame again.
+        self.taken: dict[str, tuple[Any, ...]] = {}
 
     def changed(self) -> bool:
         """Whether a checkpoint pass would find anything new (cheap: fingerprints only)."""
         frames = self.named_frames()
-        if frames.keys() != self.seen.keys() or any(
-            fingerprint(frame) != self.seen[name] for name, frame in frames.items()
-        ):
+        self.taken = {name: fingerprint(frame) for name, frame in frames.items()}
+        if self.taken != self.seen:
             return True
         CACHED.clear()  # no pass follows to reuse them
         return False
@@ -180,7 +197,8 @@ class Frames:
     def checkpoint(self, budget: int) -> protocol.CheckpointPayload:
         """Describe every named frame, checkpoint changed ones within ``budget``."""
         frames = self.named_frames()
-        self.seen = {name: fingerprint(frame) for name, frame in frames.items()}
+        taken, self.taken = self.taken, {}
+        self.seen = {name: _mark(taken.get(name), frame) for name, frame in frames.items()}
         sizes = {name: _frame_bytes(frame) for name, frame in frames.items()}
         described = []
         used = 0
@@ -202,18 +220,16 @@ class Frames:
                 self.checkpoints.pop(name, None)
                 continue
             used += sizes[name]
-            if frame.shape[1] > protocol.MAX_RESULT_COLUMNS:
+            if frame.shape[1] > answers.MAX_RESULT_COLUMNS:
                 entry["note"] = "wider than the column cap of a result: not restorable"
                 self.checkpoints.pop(name, None)
                 continue
             mark = self.seen[name]
             known = self.checkpoints.get(name)
             if known is None or known[0] != mark:
-                cached = CACHED.get(id(frame))
                 try:
-                    if cached and cached[0] == mark:
-                        key = cached[1]
-                    else:
+                    key = cached_key(frame, mark)
+                    if key is None:
                         stored, changes = storable(frame)  # restored as the cache keeps it
                         key = broker.put(protocol.arrow_table(stored), "checkpoint", name)
                         entry["note"] = "; ".join(changes) or None

@@ -107,12 +107,17 @@ def save(frame: Any, name: str | None = None) -> str:
 
 def fetch_arrow(query: str, params: dict[str, Any] | None = None) -> Any:
     """Run ``query`` (through the broker in DataExec) and return its result as a pyarrow Table."""
+    return _query(query, params)[0]
+
+
+def _query(query: str, params: dict[str, Any] | None) -> tuple[Any, str | None]:
+    """The result of ``query`` as a pyarrow Table, and its cache key when the broker kept it."""
     if not isinstance(query, str):
         raise TypeError("sql() takes the query as a string")
     client = _client()
     if client is not None:
-        return client.fetch_arrow(query, params)
-    return broker.fetch({"op": "sql", "query": query, "params": params})
+        return client.fetch_arrow(query, params), None
+    return broker.query({"op": "sql", "query": query, "params": params})
 
 
 def load(key: str) -> Any:
@@ -132,7 +137,13 @@ def load(key: str) -> Any:
 
 def sql(query: str, params: dict[str, Any] | None = None) -> Any:
     """Run a read-only SQL query and return a DataFrame; ``:name`` placeholders take ``params``."""
-    return fetch_arrow(query, params).to_pandas()
+    from dataexec_kernel.frames import note_cached
+
+    table, key = _query(query, params)
+    frame = table.to_pandas()
+    if key is not None:
+        note_cached(frame, key)  # the broker kept it: a step answering it sends nothing back
+    return frame
 
 
 def _connection_base() -> type:

@@ -6,7 +6,16 @@ database is or how to log in. Because the socket is that kernel's own, the broke
 asks: the session and tenant it was attached for. Requests and answers are frames of the
 kernel protocol (``dataexec_kernel.protocol``, where they are drawn): ``sql`` and ``load``
 answer Arrow IPC streams, ``put`` takes one (a result, a ``save()``, a checkpoint) into the
-cache and answers its key.
+cache and answers its key. A ``load`` that may be ``mapped`` is answered, while the key is in
+the cache's hot tier, with a read-only descriptor of its Arrow file passed over the socket
+(``SCM_RIGHTS``) instead of a stream: the kernel maps it, and no byte is copied through the
+socket or decoded from Parquet.
+
+A query's result is also kept for the cache as it streams (while ``frame_memory_bytes`` has
+room for it) and spilled at its end: the tail frame names its key, so the frame ``sql()``
+made is in the cache already when the step answers it or checkpoints it, and the kernel
+never sends it back. A result that finds no room, or no quota, just has no key there; the
+kernel puts it when a step answers it.
 
 Every query, a kernel's and the server's own (``query_table``, SQL without a session),
 first takes a slot of the database's ``QueryGate`` (``server.sql.admission``): so many per
@@ -28,8 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import mmap
 import os
+import socket
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,6 +97,62 @@ class _SocketSink:
 
     def close(self) -> None:
         self.closed = True
+
+
+SEALED = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+MARKER_WAIT_S = 30.0  # a kernel that answers "go" with nothing is hung up on
+
+
+async def _receive_fd(writer: asyncio.StreamWriter) -> int | None:
+    """The descriptor sent with the next byte on a connection whose transport is paused,
+    or None when that byte came without one."""
+    loop = asyncio.get_running_loop()
+    transport = writer.get_extra_info("socket")
+    with socket.socket(fileno=os.dup(transport.fileno())) as sock:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, 1, 1)
+            except BlockingIOError:
+                await _readable(loop, sock)
+                continue
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                raise ConnectionError("the kernel hung up")
+            return fds[0] if fds else None
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await asyncio.wait_for(ready, MARKER_WAIT_S)
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+def _map_sealed(fd: int, size: int) -> pa.Table:
+    """The Arrow stream in a memfd the kernel sealed (no write, no resize: it cannot change
+    under the reader), mapped without a copy."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size != size or size == 0:
+        raise ValidationError("put: the descriptor is not the announced frame")
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        seals = 0
+    if seals & SEALED != SEALED:
+        raise ValidationError("put: the frame's memory is not sealed against writes")
+    return read_ipc(pa.py_buffer(mmap.mmap(fd, size, prot=mmap.PROT_READ)))
+
+
+def _unique(names: list[str]) -> bool:
+    return len(set(names)) == len(names)
 
 
 class Broker:
@@ -213,14 +282,37 @@ class Broker:
         hold = self.cache.memory.hold()
         try:
             await hold.grow(size)  # before reading it: many kernels may put at once
-            table = read_ipc(await reader.readexactly(size))
-            self.metrics.broker("put", "from_kernel", size)
+            if request.get("mapped") is True:
+                table, direction = await self._receive_mapped(reader, writer, size)
+            else:
+                table, direction = read_ipc(await reader.readexactly(size)), "from_kernel"
+            self.metrics.broker("put", direction, size)
             lineage = caller.lineage.of(kind, name)
             key = await self.cache.spill(caller.tenant, caller.store_id, table, lineage, hold)
         except BaseException:
             hold.release()
             raise
         writer.write(protocol.encode_frame({"ok": True, "cache_key": key}))
+
+    async def _receive_mapped(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: int
+    ) -> tuple[pa.Table, str]:
+        """A mapped put's frame: a sealed memfd holding the stream, mapped read-only; or,
+        when the kernel could not pass one, the stream itself after the marker byte. With
+        the metrics' direction of the bytes."""
+        # Reading stops before the kernel may send: the marker must not reach the stream.
+        writer.transport.pause_reading()  # type: ignore[attr-defined]
+        try:
+            writer.write(protocol.encode_frame({"ok": True}))
+            fd = await _receive_fd(writer)
+        finally:
+            writer.transport.resume_reading()  # type: ignore[attr-defined]
+        if fd is None:
+            return read_ipc(await reader.readexactly(size)), "from_kernel"
+        try:
+            return await asyncio.to_thread(_map_sealed, fd, size), "from_kernel_mapped"
+        finally:
+            os.close(fd)
 
     async def _load(
         self, caller: Caller, request: dict[str, Any], writer: asyncio.StreamWriter
@@ -229,8 +321,13 @@ class Broker:
         key = request.get("key")
         if not isinstance(key, str):
             raise ValidationError("load() takes a cache key string")
-        entry = await self.cache.entry(caller.tenant, key)
+        mapped = request.get("mapped") is True
+        entry = await self.cache.entry(caller.tenant, key, hot=mapped)
         caller.lineage.read(key)
+        if mapped and await self._send_mapped(entry.key, writer):
+            return
+        if entry.status == "pending":  # no hot file after all: the Parquet one is needed
+            entry = await self.cache.entry(caller.tenant, key)
         # Opened once: a key deleted from now on is still read whole from the open file.
         parquet = await asyncio.to_thread(self.cache.open, entry)
         schema, batches = stored_batches(parquet)  # each bounded in bytes, not only rows
@@ -250,6 +347,35 @@ class Broker:
                 rows += batch.num_rows
                 await writer.drain()
         writer.write(protocol.encode_frame({"ok": True, "rows": rows}))
+
+    async def _send_mapped(self, key: str, writer: asyncio.StreamWriter) -> bool:
+        """Answer a load with a descriptor of the key's hot file; False when there is none
+        (or the socket would block, which a fresh connection's does not)."""
+        opened = await asyncio.to_thread(self.cache.hot.open, key)
+        if opened is None:
+            return False
+        fd, expanded = opened
+        try:
+            size = os.fstat(fd).st_size
+            if expanded > self.max_frame_bytes:  # as the stream of it would count
+                raise OutputTooLarge(
+                    f"cache key {key} is over {self.max_frame_bytes} bytes as Arrow "
+                    "(sql_max_result_bytes): load() refuses it"
+                )
+            transport = writer.get_extra_info("socket")
+            # A duplicate of the connection's socket: the stream API cannot pass descriptors.
+            with socket.socket(fileno=os.dup(transport.fileno())) as sock:
+                head = protocol.encode_frame({"ok": True, "mapped": True})
+                try:
+                    sent = socket.send_fds(sock, [head], [fd])
+                except BlockingIOError:
+                    return False
+                if sent < len(head):
+                    writer.write(head[sent:])
+        finally:
+            os.close(fd)
+        self.metrics.broker("load", "to_kernel_mapped", size)
+        return True
 
     async def _sql(
         self,
@@ -271,27 +397,56 @@ class Broker:
                 stream = self.database.start(checked, params)
                 hangup.add_done_callback(lambda _: stream.cancel())
                 try:
-                    await self._write_result(stream, writer)
+                    await self._write_result(caller, stream, writer)
                 finally:
                     stream.cancel()
                     await stream.closed()  # its connection released: the slot may go
         finally:
             hangup.cancel()
 
-    async def _write_result(self, stream: QueryStream, writer: asyncio.StreamWriter) -> None:
+    async def _write_result(
+        self, caller: Caller, stream: QueryStream, writer: asyncio.StreamWriter
+    ) -> None:
         schema = await stream.ready()
         writer.write(protocol.encode_frame({"ok": True}))
         rows = 0
         sink = _SocketSink(writer, lambda n: self.metrics.broker("sql", "to_kernel", n))
         ipc = pa.ipc.new_stream(sink, schema)
+        hold = self.cache.memory.hold()
+        # None once the server's share of memory ran out; never for names Parquet refuses.
+        kept: list[pa.RecordBatch] | None = [] if _unique(schema.names) else None
         try:
             async for batch in stream:
                 ipc.write_batch(batch)
                 rows += batch.num_rows
+                if kept is not None and hold.try_grow(batch.nbytes):
+                    kept.append(batch)
+                else:
+                    kept = None
+                    hold.release()
                 await writer.drain()
-        except DataExecError as exc:
+            ipc.close()
+            key = None
+            if kept is not None:
+                table = pa.Table.from_batches(kept, schema=schema)
+                key = await self._keep(caller, table, hold)
+        except BaseException as exc:
+            hold.release()
+            if not isinstance(exc, DataExecError):
+                raise
             ipc.close()
             writer.write(error_frame(exc))
             return
-        ipc.close()
-        writer.write(protocol.encode_frame({"ok": True, "rows": rows}))
+        writer.write(protocol.encode_frame({"ok": True, "rows": rows, "cache_key": key}))
+
+    async def _keep(self, caller: Caller, table: pa.Table, hold: Hold) -> str | None:
+        """The key of a query's result spilled to the cache, or None when it cannot be
+        (the quota): the kernel then puts the frame if a step answers it."""
+        try:
+            return await self.cache.spill(
+                caller.tenant, caller.store_id, table, caller.lineage.of("sql", None), hold
+            )
+        except DataExecError as exc:  # the quota, most likely: the data itself is fine
+            log.info("result of kernel %s not kept: %s", caller.kernel_id[:12], exc.message)
+            hold.release()
+            return None

@@ -1,8 +1,10 @@
 """The Parquet cache: result frames under unguessable keys, scoped to their tenant.
 
-``spill`` answers a new key (UUID4) at once and writes the frame to Parquet (zstd) off the
-request path; the key is usable immediately, since a read of a key whose write is still
-running waits for it. A write that fails marks the key failed, and reads then say so.
+``spill`` answers a new key (UUID4) at once and writes the frame off the request path: first
+to the hot tier (``hot.py``: an Arrow file that ``load()`` maps), then to Parquet (zstd). The
+key is usable immediately, since a read of a key whose write is still running waits for it
+(``load()`` only for the hot file). A write that fails marks the key failed, and reads then
+say so.
 
 Files live under ``<state_dir>/cache/<tenant digest>/<key>.parquet``: the path is built from
 the key (checked to be a UUID) and a digest of the tenant name, never from user input. The
@@ -23,12 +25,16 @@ quota. Every eviction (``quota``, ``ttl``, ``deleted``) is recorded in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import logging
+import os
 import re
+import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from server import clock
 from server.cache.downloads import open_frame
+from server.cache.hot import HotTier
 from server.cache.lineage import upload_lineage
 from server.cache.memory import FrameMemory, Hold
 from server.errors import DataExecError, NotFound, QuotaExceeded, ValidationError
@@ -50,6 +57,8 @@ from server.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 
 KEY = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+WRITERS = 2  # Parquet writes at once
+WRITER_NICE = 10
 EVICTION_REASONS = {
     "quota": "evicted to stay within the tenant's cache quota",
     "ttl": "expired",
@@ -70,17 +79,25 @@ class Cache:
         write: Callable[[Path, pa.Table], int] | None = None,
         memory: FrameMemory | None = None,
         metrics: Metrics | None = None,
+        hot_bytes: int = 0,
     ) -> None:
         self.root = root
+        self.hot = HotTier(root / "hot", hot_bytes)
         self.metrics = metrics or Metrics()
         # Frames held whole until written (broker puts, the server's own queries).
         self.memory = memory or FrameMemory(limit=2**62, wait_s=0)
         self.write = write or write_parquet  # a test may slow the disk down
+        # Parquet is written behind the answers: in threads of low priority, so that when
+        # steps come back-to-back the next one's work is not slowed by the last one's file.
+        self.writer = ThreadPoolExecutor(
+            max_workers=WRITERS, thread_name_prefix="cache-write", initializer=_background
+        )
         self.store = store
         self.ttl = dt.timedelta(seconds=ttl_s)
         self.quotas = quotas
         self.default_quota = default_quota
         self.writes: dict[str, asyncio.Future[None]] = {}
+        self.hot_writes: dict[str, asyncio.Future[None]] = {}  # until the hot file is there
         # Bytes reserved by writes still running, per tenant and key.
         self.reserved: dict[str, dict[str, int]] = {}
         # Quota decisions of one tenant are made one at a time.
@@ -136,8 +153,18 @@ class Cache:
                 await asyncio.gather(*map(asyncio.shield, running), return_exceptions=True)
             await asyncio.to_thread(self._insert, entry)
             self.reserved.setdefault(tenant, {})[key] = need
-        self.writes[key] = asyncio.ensure_future(self._write(tenant, key, relative, table, hold))
-        self.writes[key].add_done_callback(lambda _: self.writes.pop(key, None))
+        hot = self.hot_writes[key] = asyncio.get_running_loop().create_future()
+        hot.add_done_callback(lambda _: self.hot_writes.pop(key, None))
+        write = self.writes[key] = asyncio.ensure_future(
+            self._write(tenant, key, relative, table, hold)
+        )
+
+        def written(_: Any) -> None:
+            self.writes.pop(key, None)
+            if not hot.done():  # cancelled before its hot file
+                hot.set_result(None)
+
+        write.add_done_callback(written)
         return key
 
     async def upload(self, tenant: str, table: pa.Table, name: str | None) -> CacheEntry:
@@ -181,7 +208,7 @@ class Cache:
                 return False
             self._forget(db, evicted, "quota")
         for entry in evicted:
-            self.path(entry).unlink(missing_ok=True)
+            self._unlink(entry)
         log.info("cache quota of tenant %s: evicted %d keys", tenant, len(evicted))
         return True
 
@@ -206,10 +233,20 @@ class Cache:
         self, tenant: str, key: str, relative: Path, table: pa.Table, hold: Hold | None
     ) -> None:
         path = self.root / relative
+        hot = self.hot_writes.get(key)
         try:
-            size = await asyncio.to_thread(self.write, path, table)
+            try:
+                await asyncio.to_thread(self.hot.write, key, table)
+            except Exception as exc:  # a copy only: loads read the Parquet file instead
+                log.warning("hot file of cache key %s not written: %s", key, exc)
+            finally:
+                if hot is not None and not hot.done():
+                    hot.set_result(None)
+            loop = asyncio.get_running_loop()
+            size = await loop.run_in_executor(self.writer, self.write, path, table)
         except Exception:
             log.exception("cache write of %s failed", key)
+            self.hot.discard(key)
             await asyncio.to_thread(self._update, key, {"status": "failed"})
             return
         finally:
@@ -223,12 +260,14 @@ class Cache:
         with self.store.session() as db, db.begin():
             db.execute(sa.update(CacheEntry).where(CacheEntry.key == key).values(**values))
 
-    async def entry(self, tenant: str, key: str) -> CacheEntry:
-        """The ready entry of ``key`` for ``tenant`` (waits for a running write)."""
+    async def entry(self, tenant: str, key: str, hot: bool = False) -> CacheEntry:
+        """The ready entry of ``key`` for ``tenant`` (waits for a running write; with
+        ``hot``, only until its hot file is written, when its status may still be pending)."""
         if not KEY.match(key):
             raise NotFound(f"no cache key {key!r}")
-        if key in self.writes:
-            await asyncio.shield(self.writes[key])
+        running = (hot and self.hot_writes.get(key)) or self.writes.get(key)
+        if running is not None:
+            await asyncio.shield(running)
         entry = await asyncio.to_thread(self._touch, tenant, key)
         if entry.status == "failed":
             raise DataExecError(f"writing cache key {key} failed; run the step again")
@@ -282,7 +321,11 @@ class Cache:
         with self.store.session() as db, db.begin():
             self._forget(db, entries, reason)
         for entry in entries:
-            self.path(entry).unlink(missing_ok=True)
+            self._unlink(entry)
+
+    def _unlink(self, entry: CacheEntry) -> None:
+        self.hot.discard(entry.key)
+        self.path(entry).unlink(missing_ok=True)
 
     async def sweep(self) -> int:
         """Remove keys past their TTL; return how many went."""
@@ -325,9 +368,16 @@ class Cache:
         """Let running writes finish."""
         if self.writes:
             await asyncio.gather(*list(self.writes.values()), return_exceptions=True)
+        self.writer.shutdown(wait=False)
 
 
-def read_ipc(body: bytes) -> pa.Table:
+def _background() -> None:
+    """Lower the calling thread's cpu priority (nice, on Linux per thread)."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
+
+
+def read_ipc(body: bytes | pa.Buffer) -> pa.Table:
     """A frame sent to be cached (an Arrow IPC stream), or ValidationError if it is none."""
     try:
         return pa.ipc.open_stream(body).read_all()

@@ -5,7 +5,7 @@ every path expanding a cached frame reads it in (downloads, and ``load()`` in th
 categorical repeating a few long strings, or string views all pointing at one value, is a
 few KB of Parquet and GBs of text. So the file is read with every text leaf as a dictionary
 (nothing expands while reading), and each batch is split until a piece expands to at most
-``PIECE_BYTES`` (``protocol.expanded_bytes``, computed from lengths and indices, never by
+``PIECE_BYTES`` (``answers.expanded_bytes``, computed from lengths and indices, never by
 building the values); only then is a piece converted and written. Memory per download is a
 piece, not a batch of rows; a single row larger than a piece is one piece.
 
@@ -40,13 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from dataexec_kernel.protocol import (
-    ARROW_STREAM,
-    answer_columns,
-    expanded_bytes,
-    json_value,
-    shown,
-)
+from dataexec_kernel.answers import expanded_bytes, json_value
+from dataexec_kernel.protocol import ARROW_STREAM, answer_columns, shown
 
 from server.errors import NotFound, OutputTooLarge
 

@@ -1,7 +1,8 @@
 """Lineage: what produced a cached frame, kept with its key (``GET /cache/{key}/meta``).
 
 A step's lineage is its code or SQL (with ``params``), the session and execution count,
-``kind`` (``result``, ``save``, ``checkpoint``, ``upload``), the frame's ``name`` and the
+``kind`` (``result``, ``save``, ``checkpoint``, ``upload``, ``sql``: a frame ``sql()``
+returned, kept by the broker), the frame's ``name`` and the
 ``inputs``: the keys the step read through ``load()`` before it put the frame.
 """
 

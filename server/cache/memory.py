@@ -77,6 +77,15 @@ class Hold:
         await self.memory._take(size, self.bytes)
         self.bytes += size
 
+    def try_grow(self, size: int) -> bool:
+        """Take ``size`` more bytes only if they are free now (never waits, never raises)."""
+        memory = self.memory
+        if memory.used + size > memory.limit:
+            return False
+        memory.used += size
+        self.bytes += size
+        return True
+
     def release(self) -> None:
         self.memory._give(self.bytes)
         self.bytes = 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
-from dataexec_kernel import protocol
+from dataexec_kernel import answers, protocol
 
 
 def answer(payload: protocol.ResultPayload) -> dict[str, Any]:
@@ -30,6 +30,8 @@ def answer(payload: protocol.ResultPayload) -> dict[str, Any]:
         "truncated": payload["truncated"],
         "result_schema": payload["result_schema"],
     }
+    if payload.get("stats_sample_rows"):  # distinct_count and top_values of a sample
+        metadata["stats_sample_rows"] = payload["stats_sample_rows"]
     if payload.get("warnings"):  # renamed columns, values kept as text, cut values or rows
         metadata["warnings"] = payload["warnings"]
     return {
@@ -44,4 +46,4 @@ def table_result(table: pa.Table, max_rows: int) -> dict[str, Any]:
     """The answer for a result table the server holds (its cache key is set by the caller):
     the columns an answer shows of it (a SQL result's are all of them)."""
     shown = protocol.answer_table(table)
-    return answer({"kind": "dataframe", **protocol.table_payload(shown, max_rows)})  # type: ignore[typeddict-item]
+    return answer({"kind": "dataframe", **answers.table_payload(shown, max_rows)})  # type: ignore[typeddict-item]

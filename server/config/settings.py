@@ -235,6 +235,13 @@ class Settings:
         "the least recently used keys are evicted. A tenant may set its own.",
         minimum=1048576,
     )
+    cache_hot_bytes: int = setting(
+        2147483648,
+        "Most bytes of recent cache keys also kept as uncompressed Arrow files, which load() "
+        "maps into a kernel without decoding Parquet (least recently used go first; a copy, "
+        "not counted in any tenant's quota, emptied at start); 0 turns the hot tier off.",
+        minimum=0,
+    )
     checkpoint_budget_bytes: int = setting(
         536870912,
         "Most in-memory bytes of named DataFrames checkpointed per session (restored into a fresh "

@@ -202,7 +202,8 @@ class Metrics:
         self.broker_bytes = Counter(
             "dataexec_broker_bytes",
             "Bytes through the kernels' broker sockets, by operation (sql, load, put) and "
-            "direction (to_kernel, from_kernel).",
+            "direction (to_kernel, from_kernel; to_kernel_mapped, from_kernel_mapped: handed over "
+            "as files to map).",
             ["op", "direction"],
             registry=registry,
         )

@@ -30,9 +30,10 @@ MAX_LINES = 600
 # limit today, so none is listed: an exception is added only when one really is over.
 LONG_MODULES: dict[str, str] = {}
 
-# The kernel protocol the server takes from the in-kernel package: protocol.py and the
-# exceptions it raises and maps by type (errors.py); the two are one contract.
-KERNEL_PROTOCOL = {"dataexec_kernel.protocol", "dataexec_kernel.errors"}
+# The kernel protocol the server takes from the in-kernel package: protocol.py, the
+# exceptions it raises and maps by type (errors.py) and the one implementation of an
+# answer's preview and statistics (answers.py); the three are one contract.
+KERNEL_PROTOCOL = {"dataexec_kernel.protocol", "dataexec_kernel.errors", "dataexec_kernel.answers"}
 
 ROOMS = {
     *("handlers", "sessions", "kernels", "broker", "sql"),

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from dataexec_kernel import protocol
+from dataexec_kernel import answers, protocol
 from dataexec_kernel.capture import as_frame, frame_answer
 
 NUMBER_KEYS = {"min", "max", "mean", "std", "null_count", "distinct_count"}
@@ -36,7 +36,7 @@ BOOL_KEYS = {"true_count", "false_count", "null_count"}
 def payload_of(frame: pd.DataFrame, max_rows: int = 100) -> protocol.TablePayload:
     """What a kernel answers for ``frame`` (its own dtypes), checked to be strict JSON."""
     table = protocol.arrow_table(frame)
-    payload = protocol.table_payload(table, max_rows, [str(t) for t in frame.dtypes])
+    payload = answers.table_payload(table, max_rows, [str(t) for t in frame.dtypes])
     json.dumps(payload, allow_nan=False)
     return payload
 
@@ -290,8 +290,8 @@ def test_a_kernel_frame_reports_its_own_pandas_dtypes() -> None:
     ids=repr,
 )
 def test_json_value_makes_one_cell_json_safe(value: Any, expected: Any) -> None:
-    assert protocol.json_value(value) == expected
-    json.dumps(protocol.json_value(value), allow_nan=False)
+    assert answers.json_value(value) == expected
+    json.dumps(answers.json_value(value), allow_nan=False)
 
 
 # --- the dtype from Arrow alone (the server's SQL path) ------------------------------------
@@ -323,10 +323,10 @@ SQL_LIKE = {
 def test_the_dtype_named_from_arrow_is_the_one_pandas_gives_the_column(name: str) -> None:
     table = pa.table({name: SQL_LIKE[name]})
     column = table.column(0)
-    assert protocol.pandas_dtype(table.schema.field(0), column.null_count) == str(
+    assert answers.pandas_dtype(table.schema.field(0), column.null_count) == str(
         table.to_pandas()[name].dtype
     )
-    payload = protocol.table_payload(table, 10)
+    payload = answers.table_payload(table, 10)
     assert payload["result_schema"][0]["type"] == str(table.to_pandas()[name].dtype)
     json.dumps(payload, allow_nan=False)
 
@@ -501,3 +501,32 @@ def test_a_plain_frame_is_answered_as_it_is() -> None:
 @pytest.mark.parametrize("value", [None, 3, "text", [1, 2], {"a": 1}, np.arange(3)], ids=repr)
 def test_values_that_are_not_frame_like_give_no_frame(value: Any) -> None:
     assert as_frame(value) is None
+
+
+def test_a_large_result_counts_distinct_and_top_values_on_an_even_sample() -> None:
+    rows = answers.STATS_SAMPLE_ROWS * 4
+    # Every row distinct, and "rare" only in rows the even sample (every 4th row) skips.
+    table = pa.table(
+        {
+            "n": np.arange(rows, dtype=np.int64),
+            "s": ["rare" if i % 4 == 1 else f"v{i % 8}" for i in range(rows)],
+        }
+    )
+    payload = answers.table_payload(table, 5)
+    assert payload["stats_sample_rows"] == answers.STATS_SAMPLE_ROWS
+    numbers, texts = (column["stats"] for column in payload["result_schema"])
+    # Exact over every row: min, max, mean, nulls.
+    assert (numbers["min"], numbers["max"]) == (0, rows - 1)
+    assert numbers["mean"] == pytest.approx((rows - 1) / 2)
+    # Counted on the sample: one row in four.
+    assert numbers["distinct_count"] == answers.STATS_SAMPLE_ROWS
+    assert "rare" not in [top["value"] for top in texts["top_values"]]
+    assert texts["distinct_count"] == 2  # v0 and v4: what every 4th row holds
+    assert payload["row_count"] == rows
+
+
+def test_a_result_within_the_sample_size_is_counted_whole() -> None:
+    table = pa.table({"n": np.arange(answers.STATS_SAMPLE_ROWS, dtype=np.int64) % 1000})
+    payload = answers.table_payload(table, 5)
+    assert "stats_sample_rows" not in payload
+    assert payload["result_schema"][0]["stats"]["distinct_count"] == 1000
