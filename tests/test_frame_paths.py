@@ -89,7 +89,11 @@ async def test_a_sql_result_is_kept_by_the_broker_and_never_sent_back(
         # A changed frame is no longer that key: answering it sends it.
         changed = await ok(client, session, "f['late'] = f.dep_delay > 15\nf")
         assert changed["cache_key"] not in (None, key)
-        assert moved(after, await scrape(api), "put", "from_kernel_mapped") > 1_000_000
+        now = await scrape(api)
+        assert (
+            moved(after, now, "put", "from_kernel_mapped") + moved(after, now, "put", "from_kernel")
+            > 1_000_000
+        )
 
 
 async def test_load_maps_the_hot_file_and_gives_the_frame_that_was_cached(
@@ -184,8 +188,8 @@ outcomes = [
     put(lambda s: socket.send_fds(s, [b'\\0'], [memfd(False, len(body))])),
     put(lambda s: socket.send_fds(s, [b'\\0'], [memfd(True, len(body) - 8)])),
     put(lambda s: socket.send_fds(s, [b'\\0'], [read_end])),
-    put(lambda s: s.sendall(b'\\0' + body)),
-]
+] if DESCRIPTORS else [None, None, None]
+outcomes.append(put(lambda s: s.sendall(b'\\0' + body)))
 json.dumps(outcomes)
 """
 
@@ -193,17 +197,23 @@ json.dumps(outcomes)
 async def test_put_maps_a_sealed_memfd_and_refuses_any_other_descriptor(
     api: RunningServer,
 ) -> None:
+    # gVisor's memfds are its own: a kernel there cannot pass one to the host, so its puts
+    # take the socket (and no descriptor of its making ever reaches the broker).
+    passes = all(pool.docker_runtime != "runsc" for pool in api.settings.pools.values())
+    mapped, streamed_bytes = ("from_kernel_mapped", "from_kernel")[:: 1 if passes else -1]
     async with session_on(api, "put") as (client, session):
         before = await scrape(api)
         key = await value_of(client, session, "save(pd.DataFrame({'x': range(200_000)}))")
         after = await scrape(api)
-        assert moved(before, after, "put", "from_kernel_mapped") > 1_000_000
-        assert moved(before, after, "put", "from_kernel") == 0
+        assert moved(before, after, "put", mapped) > 1_000_000
+        assert moved(before, after, "put", streamed_bytes) == 0
         assert (await client.get(f"/cache/{key}/meta")).json()["row_count"] == 200_000
 
-        unsealed, short, pipe, streamed = json.loads(await value_of(client, session, HAND_PUT))
-        assert "not sealed" in unsealed
-        assert "not the announced frame" in short and "not the announced frame" in pipe
+        cell = f"DESCRIPTORS = {passes}\n" + HAND_PUT
+        unsealed, short, pipe, streamed = json.loads(await value_of(client, session, cell))
+        if passes:
+            assert "not sealed" in unsealed
+            assert "not the announced frame" in short and "not the announced frame" in pipe
         meta = (await client.get(f"/cache/{streamed}/meta")).json()
         assert meta["row_count"] == 1000 and meta["lineage"]["kind"] == "save"
         assert moved(after, await scrape(api), "put", "from_kernel") > 0

@@ -79,7 +79,7 @@ def put(table: Any, kind: protocol.PutKind = "result", name: str | None = None) 
     with _connect() as sock, sock.makefile("rb") as answers:
         sock.sendall(protocol.encode_frame(request))
         _answer(answers)  # go on (or why not: over a cap, no room)
-        fd = _sealed_stream(table, size)
+        fd = _sealed_stream(table, size) if _PASSING[0] else None
         try:
             if fd is None or not _send_fd(sock, fd):
                 sock.sendall(MARKER)
@@ -132,10 +132,16 @@ def _sealed_stream(table: Any, size: int) -> int | None:
 SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
+# Whether this sandbox passes a memfd to the host at all (gVisor cannot: its memfds are its
+# own); after the first refusal, puts stream without making one.
+_PASSING = [True]
+
+
 def _send_fd(sock: socket.socket, fd: int) -> bool:
     try:
         return socket.send_fds(sock, [MARKER], [fd]) == 1
     except OSError:  # a sandbox that cannot pass it: the stream follows the marker instead
+        _PASSING[0] = False
         return False
 
 
