@@ -96,17 +96,27 @@ async def test_a_sql_result_is_kept_by_the_broker_and_never_sent_back(
         )
 
 
+async def load_back(
+    server: RunningServer, client: httpx.AsyncClient, session: str
+) -> tuple[float, float]:
+    """Save a frame, load it back and check it is the same frame: the bytes the load moved
+    mapped and streamed."""
+    key = await value_of(client, session, f"f = sql({QUERY!r})\nsave(f)")
+    before = await scrape(server)
+    assert await value_of(client, session, f"{SAME}(load({key!r}), f) is None") is True
+    after = await scrape(server)
+    return (
+        moved(before, after, "load", "to_kernel_mapped"),
+        moved(before, after, "load", "to_kernel"),
+    )
+
+
 async def test_load_maps_the_hot_file_and_gives_the_frame_that_was_cached(
     api: RunningServer,
 ) -> None:
     async with session_on(api, "hot") as (client, session):
-        key = await value_of(client, session, f"f = sql({QUERY!r})\nsave(f, name='january')")
-        before = await scrape(api)
-        same = await value_of(client, session, f"{SAME}(load({key!r}), f) is None")
-        assert same is True
-        after = await scrape(api)
-        assert moved(before, after, "load", "to_kernel_mapped") > 1_000_000
-        assert moved(before, after, "load", "to_kernel") == 0
+        mapped, streamed = await load_back(api, client, session)
+        assert mapped > 1_000_000 and streamed == 0
 
 
 async def test_without_the_hot_tier_or_past_its_budget_load_streams_parquet(
@@ -117,13 +127,8 @@ async def test_without_the_hot_tier_or_past_its_budget_load_streams_parquet(
         (tmp_path / str(hot_bytes)).mkdir()
         async with server_on(embedded_pg, tmp_path / str(hot_bytes), config) as server:
             async with session_on(server, "cold") as (client, session):
-                key = await value_of(client, session, f"f = sql({QUERY!r})\nsave(f)")
-                before = await scrape(server)
-                same = await value_of(client, session, f"{SAME}(load({key!r}), f) is None")
-                assert same is True
-                after = await scrape(server)
-                assert moved(before, after, "load", "to_kernel") > 1_000_000
-                assert moved(before, after, "load", "to_kernel_mapped") == 0
+                mapped, streamed = await load_back(server, client, session)
+                assert streamed > 1_000_000 and mapped == 0
                 assert not list((server.settings.state_dir / "cache" / "hot").glob("*.arrow"))
 
 
