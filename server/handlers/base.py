@@ -89,6 +89,10 @@ class BaseHandler(tornado.web.RequestHandler):
         # Grown in place by data_received; read as bytes wherever the body is read.
         self.request.body = cast(bytes, bytearray())
         self.body_refused = False
+        # Set once prepare() let the request in. An answer given before (an error of the
+        # checks at the door) is given before Tornado read the request to its end, and
+        # Tornado closes such a connection after it.
+        self.admitted = False
         self.set_edge_headers()
 
     def set_default_headers(self) -> None:
@@ -111,11 +115,14 @@ class BaseHandler(tornado.web.RequestHandler):
         REQUEST_ID.set(self.request_id)  # for this request's task and the tasks it starts
         self.set_header("X-Request-Id", self.request_id)
         self.refuse_oversized_body()
-        if self.is_preflight():
-            return  # answered by options(); browsers send no token with a preflight
-        if not self.public:
+        if not self.public and not self.is_preflight():  # a preflight carries no token
             self.tenant = self.auth.authenticate(self.request.headers.get("Authorization"))
             self.runtime.sessions.limits.admit_request(self.tenant)
+            self.authorize(self.tenant)
+        self.admitted = True
+
+    def authorize(self, tenant: TenantSettings) -> None:
+        """Refuse an authenticated ``tenant`` this handler is not for (all may, here)."""
 
     def refuse_oversized_body(self) -> None:
         """PAYLOAD_TOO_LARGE when Content-Length is over the cap (nothing of it is read)."""
@@ -204,8 +211,11 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(error.status)
         self.set_header("X-Request-Id", self.request_id)
         self.set_edge_headers()
-        if self.body_unread():  # Tornado closes the connection: say so, lest it be reused
+        if not self.admitted or self.body_unread():
+            # Tornado closes the connection after this answer: say so, lest a client send
+            # its next request on it as it closes.
             self.set_header("Connection", "close")
+        if self.body_unread():
             connection = self.request.connection
             stream = connection.stream if isinstance(connection, HTTP1Connection) else None
             if isinstance(stream, HeadLimitedStream):
@@ -248,6 +258,9 @@ class NotFoundHandler(BaseHandler):
 
     public = True
 
-    def prepare(self) -> None:
-        super().prepare()
+    def not_found(self, *args: Any, **kwargs: Any) -> None:
+        # Answered by the method, not prepare(): after the request was read, on a
+        # connection that stays open.
         raise NotFound("no such endpoint")
+
+    get = post = put = patch = delete = head = options = not_found

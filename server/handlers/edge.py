@@ -17,6 +17,10 @@ and the tests alike), from the settings:
   ``max_body_bytes``; Tornado's own cap (a bare 400) is only the backstop.
 - **Timeouts**: ``header_timeout_s`` closes idle keep-alive connections and heads that
   trickle in; ``body_timeout_s`` bodies that do.
+- **Keep-alive**: Tornado closes a connection after an answer given before the request was
+  read to its end: the refusals at the door (401, 403, 405, 413, 429). ``BaseHandler`` says
+  so with ``Connection: close``, lest a client send its next request on it as it closes;
+  every other answer (a 404 of an unknown path included) keeps the connection open.
 - **TLS** from ``tls_cert_file``/``tls_key_file`` (TLS 1.2 or later); ``BaseHandler`` sends
   ``Strict-Transport-Security`` when it is on.
 - **Logs**: Tornado's lines about malformed requests lose the values they quote

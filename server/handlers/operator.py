@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from msgspec import Struct
 
+from server.config import TenantSettings
 from server.handlers.base import BaseHandler, Operation
 from server.sessions import overview
 from server.sessions.audit import LANGUAGES, MAX_LIMIT, MAX_LIMIT_WITH_CODE, STATUSES, AuditQuery
@@ -100,10 +101,8 @@ AUDIT_QUERY = {
 
 
 class OperatorHandler(BaseHandler):
-    def prepare(self) -> None:
-        super().prepare()
-        if self.tenant is not None:  # None only for a CORS preflight
-            self.auth.require_operator(self.tenant)
+    def authorize(self, tenant: TenantSettings) -> None:
+        self.auth.require_operator(tenant)
 
     def query_args(self) -> dict[str, str]:
         """The query parameters, each by its last value."""

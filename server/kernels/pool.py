@@ -8,7 +8,8 @@ comes back: ``release`` destroys it.
 Counting is what keeps ``max_kernels`` honest: kernels still starting count toward the
 limit, alongside idle and handed-out ones, so fast clients cannot slip past it while a start
 is in flight. Past the limit a request waits up to ``capacity_wait_s``, then gets
-``Capacity`` (503 with Retry-After).
+``Capacity`` (503 with Retry-After); one that a start in flight will serve (a refill for
+``min_idle`` counts) waits for that start.
 
 Waiters are served first come, first served: a kernel that becomes ready goes to the oldest
 waiter, and only when nobody waits does it join the idle queue.
@@ -210,11 +211,14 @@ class KernelPool:
                 self.fill()
                 return kernel
             self.release(kernel)
-        full = self.total >= self.settings.max_kernels
         waiter: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
         self.fill()
-        timeout = self.capacity_wait_s if full else self.start_timeout_s + self.capacity_wait_s
+        # Starts in flight serve the waiters in order, a refill for min_idle included: one
+        # left for this waiter is worth its whole start. Past them, a full pool only frees
+        # room when a kernel is given back, and that is what capacity_wait_s bounds.
+        covered = len(self.waiters) <= self.starting
+        timeout = self.start_timeout_s + self.capacity_wait_s if covered else self.capacity_wait_s
         try:
             kernel = await asyncio.wait_for(asyncio.shield(waiter), timeout)
             self.cold_starts += 1

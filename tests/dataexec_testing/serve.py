@@ -6,6 +6,10 @@ the test process) with a state dir, runtime dir and cgroup parent of the test's 
 draining its log into ``ServeProcess.log``; its operator token is ``api.OPERATOR_TOKEN``;
 ``ServeProcess.stop()`` sends SIGTERM and waits; ``kernel_leftovers(env)`` lists the kernel
 directories and cgroups such a server left on the host.
+
+With ``DATAEXEC_TEST_LOG_DIR`` set, each server's log is also written there as it comes, as
+``serve-<pid>.log`` (to read what a server did around a failure the test output only shows
+from the client's side).
 """
 
 from __future__ import annotations
@@ -89,8 +93,17 @@ async def start_serve(env: dict[str, str]) -> ServeProcess:
 
 async def drain(process: asyncio.subprocess.Process, lines: list[str]) -> None:
     assert process.stdout is not None
+    log_dir = os.environ.get("DATAEXEC_TEST_LOG_DIR")
+    copy = open(Path(log_dir) / f"serve-{process.pid}.log", "a") if log_dir else None  # noqa: SIM115
+    if copy:
+        copy.writelines(lines)
     while line := await process.stdout.readline():
         lines.append(line.decode(errors="replace"))
+        if copy:
+            copy.write(lines[-1])
+            copy.flush()
+    if copy:
+        copy.close()
 
 
 def kernel_leftovers(env: dict[str, str]) -> list[str]:

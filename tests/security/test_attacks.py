@@ -154,8 +154,9 @@ async def check_answer(
     if "absent" in case.options:
         secret = fill(case.options["absent"], names)
         assert not mentions(answer.json(), secret)
-        for view in ("history", "notebook"):
+        for view in ("variables", "notebook"):
             shown = await attacker.get(f"/sessions/{names['session']}/{view}")
+            assert shown.status_code == 200, shown.text
             assert not mentions(shown.json(), secret)
 
 

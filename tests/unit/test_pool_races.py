@@ -194,6 +194,28 @@ async def test_a_full_pool_answers_capacity_after_capacity_wait_s() -> None:
     check_books(pool, starter, [kernel])
 
 
+async def test_a_full_pool_refilling_for_min_idle_waits_for_that_start_in_full() -> None:
+    # One kernel handed out, the refill for min_idle = 1 starting: the pool is at
+    # max_kernels, but the start in flight goes to the next waiter, however slow it is.
+    starter = FakeStarter()
+    pool = make_pool(starter, min_idle=1, max_kernels=2, capacity_wait_s=0.05)
+    pool.fill()
+    await settle()
+    starter.finish()
+    await settle()
+    first = await pool.acquire()
+    assert pool.total == 2 and pool.starting == 1
+    second = asyncio.ensure_future(pool.acquire())
+    third = asyncio.ensure_future(pool.acquire())  # no start left for it: capacity_wait_s
+    await asyncio.sleep(0.2)  # four times capacity_wait_s
+    assert not second.done()
+    with pytest.raises(Capacity):
+        await third
+    kernel = starter.finish()
+    assert await second is kernel
+    check_books(pool, starter, [first, kernel])
+
+
 @pytest.mark.parametrize("order", ["give_up_then_ready", "ready_then_give_up"])
 async def test_a_kernel_that_arrives_as_its_waiter_is_cancelled_goes_to_the_next_waiter(
     order: str,
