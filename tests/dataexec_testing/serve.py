@@ -21,6 +21,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 
@@ -91,10 +92,15 @@ async def start_serve(env: dict[str, str]) -> ServeProcess:
     return ServeProcess(process, url, token, env, lines)
 
 
+def log_copy(pid: int) -> TextIO | None:
+    """The file a server's log is copied to (``DATAEXEC_TEST_LOG_DIR``), or None."""
+    log_dir = os.environ.get("DATAEXEC_TEST_LOG_DIR")
+    return open(Path(log_dir) / f"serve-{pid}.log", "a") if log_dir else None  # noqa: SIM115
+
+
 async def drain(process: asyncio.subprocess.Process, lines: list[str]) -> None:
     assert process.stdout is not None
-    log_dir = os.environ.get("DATAEXEC_TEST_LOG_DIR")
-    copy = open(Path(log_dir) / f"serve-{process.pid}.log", "a") if log_dir else None  # noqa: SIM115
+    copy = log_copy(process.pid)
     if copy:
         copy.writelines(lines)
     while line := await process.stdout.readline():
