@@ -14,6 +14,7 @@ and the server's memory are written there as JSON lines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -171,18 +172,32 @@ def mentions(document: Any, secret: str) -> bool:
 
 
 async def run_http(arena: Arena, case: Case, names: dict[str, Any]) -> httpx.Response:
+    async with arena.client(case.options.get("token", "attacker")) as client:
+        return await send_http(client, case, names)
+
+
+async def send_http(client: httpx.AsyncClient, case: Case, names: dict[str, Any]) -> httpx.Response:
     method, path = case.payload
     options = case.options
-    async with arena.client(options.get("token", "attacker")) as client:
-        answer = await client.request(
-            method,
-            fill(path, names),
-            json=fill(options.get("json"), names) if "json" in options else None,
-            content=options.get("content"),
-            headers=options.get("headers"),
-        )
+    answer = await client.request(
+        method,
+        fill(path, names),
+        json=fill(options.get("json"), names) if "json" in options else None,
+        content=options.get("content"),
+        headers=options.get("headers"),
+    )
     check_http(case, answer)
     return answer
+
+
+async def http_flood(arena: Arena, case: Case, copies: int, names: dict[str, Any]) -> list[Any]:
+    """``copies`` of an ``http`` case at once, each on a connection of its own: the clients
+    are made first, so that how fast this process makes them does not spread the flood out
+    (into a different attack on every machine)."""
+    async with contextlib.AsyncExitStack() as stack:
+        token = case.options.get("token", "attacker")
+        clients = [await stack.enter_async_context(arena.client(token)) for _ in range(copies)]
+        return await asyncio.gather(*[send_http(client, case, names) for client in clients])
 
 
 async def run_case(arena: Arena, case: Case) -> Any:
@@ -198,7 +213,10 @@ async def run_case(arena: Arena, case: Case) -> Any:
                 {**inner.options, "session": one_session},
             )  # fmt: skip
         copies = case.options["copies"]
-        answers = await asyncio.gather(*[run_case(arena, inner) for _ in range(copies)])
+        if inner.kind == "http":
+            answers = await http_flood(arena, inner, copies, names)
+        else:
+            answers = await asyncio.gather(*[run_case(arena, inner) for _ in range(copies)])
         if "must_see" in case.options:
             assert case.options["must_see"] in [a.status_code for a in answers]
         async with arena.client() as attacker:
