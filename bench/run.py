@@ -76,6 +76,13 @@ BENCHMARKS = {
             latency.bench_pandas,
         ),
         Benchmark(
+            "chart",
+            "a session's first chart in a kernel fresh from the pool",
+            latency.POOLS,
+            10,
+            latency.bench_first_chart,
+        ),
+        Benchmark(
             "burst", "pool refill after 10 concurrent creates", burst.POOLS, 3, burst.bench_burst
         ),
         Benchmark(

@@ -325,6 +325,29 @@ json.dumps([threaded, forked, shared, child.stdout.strip(), table.num_rows])""",
     assert json.loads(answer) == [5050, 55, "abc", "42", 2]
 
 
+FIRST_CHART = """
+import json, logging, os
+read = []
+probe = logging.Handler()
+probe.emit = lambda record: read.append(record.getMessage())
+scanner = logging.getLogger('matplotlib.font_manager')
+scanner.addHandler(probe)
+scanner.setLevel(logging.DEBUG)
+seeded = sorted(os.listdir(os.environ['MPLCONFIGDIR']))
+import matplotlib.pyplot as plt
+fig = plt.figure(); plt.plot([1, 2, 3]); fig.savefig('/tmp/chart.png'); plt.close(fig)
+json.dumps([seeded, read])"""
+
+
+async def test_a_kernels_first_chart_reads_the_prebuilt_font_list_instead_of_scanning(
+    client: httpx.AsyncClient, session_id: str
+) -> None:
+    seeded, logged = json.loads(await value_of(client, session_id, FIRST_CHART))
+    assert [name for name in seeded if name.startswith("fontlist-v")], seeded
+    assert any(line.startswith("Using fontManager instance from") for line in logged), logged
+    assert "generated new fontManager" not in logged
+
+
 async def test_kernel_sees_nothing_of_the_server(
     api: RunningServer, client: httpx.AsyncClient, session_id: str
 ) -> None:

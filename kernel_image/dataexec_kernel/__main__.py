@@ -7,10 +7,14 @@ after these imports, so no session ever waits for pandas.
 import logging
 import sys
 
+from dataexec_kernel import fontcache
+
 
 def main() -> None:
-    # A kernel's first chart builds matplotlib's font cache (~0.3 s, in its own /tmp); the
-    # notice it logs would end up in the analyst's outputs.
+    # A kernel's first chart reads the font list seeded here; where there is no seed, it
+    # scans the fonts (in its own /tmp), and the notice it logs would end up in the
+    # analyst's outputs.
+    fontcache.seed()
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     import numpy  # noqa: F401  (warm-up: most of a cold start is these imports)
     import pandas  # noqa: F401

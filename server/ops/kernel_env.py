@@ -3,11 +3,13 @@
 A venv of the system Python with the kernel packages (``kernel_image/requirements.txt``
 under the one ``constraints.txt``, the same pins as the server and the Docker image), where
 the unprivileged kernel uid can read it. The ``dataexec_kernel`` package itself is not
-installed there: the server copies it into each kernel's read-only lib directory.
+installed there: the server copies it into each kernel's read-only lib directory. Beside
+the packages, matplotlib's font list (``dataexec_kernel/fontcache.py``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from server.config import Settings
 from server.errors import DataExecError
-from server.ops.image import CONSTRAINTS, REQUIREMENTS
+from server.ops.image import CONSTRAINTS, KERNEL_PACKAGE, REQUIREMENTS
 
 
 def make_kernel_env(settings: Settings) -> str:
@@ -40,6 +42,14 @@ def make_kernel_env(settings: Settings) -> str:
             str(CONSTRAINTS),
         ],
         check=True,
+    )
+    # Matplotlib's font list, scanned once at the paths kernels see (the environment and
+    # /usr are bound where they are): each kernel copies it as it starts.
+    subprocess.run(
+        [str(target / "bin" / "python"), "-m", "dataexec_kernel.fontcache"],
+        env={**os.environ, "PYTHONPATH": str(KERNEL_PACKAGE.parent)},
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     for path in [target, *target.parents]:
         if path == Path("/"):
