@@ -61,6 +61,7 @@ max_kernels = 3
 memory_mb = 256
 pids = 64
 timeout_s = 4
+warm_charts = false
 
 [pools.tiny]
 min_idle = 0
