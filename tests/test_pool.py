@@ -70,3 +70,20 @@ async def test_an_idle_kernel_that_dies_is_replaced(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_a_cold_kernels_first_cell_runs_after_its_chart_warm_up(
+    api: RunningServer, client: httpx.AsyncClient
+) -> None:
+    # tiny: min_idle = 0, warm_charts on. The create answers once pandas is warm; the first
+    # cell waits for the chart being drawn meanwhile, and sees none of its output.
+    created = await client.post("/sessions", json={"pool": "tiny"})
+    assert created.status_code == 201, created.text
+    name = created.json()["session_id"]
+    try:
+        first = await ok(client, name, "import sys; 'matplotlib.pyplot' in sys.modules")
+        assert first["data"]["rows"] == [[True]]
+        assert [o["output_type"] for o in first["outputs"]] == ["execute_result"]
+        assert first["execution_count"] == 1
+    finally:
+        await client.delete(f"/sessions/{name}")

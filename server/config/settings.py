@@ -109,7 +109,8 @@ class PoolSettings:
         True,
         "Draw one chart while a kernel warms up (matplotlib's pyplot, its inline backend and "
         "fonts loaded), so a session's first chart does not pay for them: about 25 MiB more "
-        "per kernel and 0.5 s more per start.",
+        "per kernel, and 0.5 s of cpu after each start (the kernel is ready before; a cell "
+        "sent at once waits for it).",
     )
     docker_runtime: str = setting(
         "",

@@ -56,8 +56,10 @@ except ZeroDivisionError:
 get_ipython().execution_count = 1
 pd.DataFrame({'a': [1.0]}).describe()
 """
-# Before it, in a pool with ``warm_charts``: what a session's first chart would pay (pyplot's
-# import, ~0.4 s; the inline backend, fonts and a PNG, ~0.1 s), leaving no name behind.
+# After it, in a pool with ``warm_charts``: what a session's first chart would pay (pyplot's
+# import, ~0.4 s; the inline backend, fonts and a PNG, ~0.1 s), leaving no name behind. The
+# kernel counts as ready before it runs: a request that takes the kernel at once waits for
+# it (no longer than a start would have made it wait), one that comes later finds it done.
 WARM_UP_CHART_CODE = """\
 __import__('matplotlib.pyplot').pyplot.plot([0, 1])
 __import__('matplotlib.pyplot').pyplot.show()
@@ -87,6 +89,7 @@ class Kernel:
         self.interrupt_grace = interrupt_grace
         self._closed = False
         self._execution: asyncio.Future[Execution] | None = None  # the cell running now
+        self._warming: asyncio.Future[Execution] | None = None  # the chart warm-up, till run
 
     @property
     def broker_socket(self) -> Path:
@@ -118,6 +121,23 @@ class Kernel:
             return self.lost
         return "out_of_memory" if await self.process.oom_killed() else "kernel_died"
 
+    def warm_up_charts(self, timeout: float, output_limit: int) -> None:
+        """Draw one chart in the background (``WARM_UP_CHART_CODE``); ``run`` waits for it."""
+        chart = self.client.execute(
+            WARM_UP_CHART_CODE, {}, timeout, output_limit, self.alive, silent=True
+        )
+        self._warming = warming = asyncio.ensure_future(chart)
+        warming.add_done_callback(self._warmed)
+
+    def _warmed(self, warming: asyncio.Future[Execution]) -> None:
+        if warming.cancelled():
+            return
+        failed = warming.exception() or warming.result().error
+        if failed and not self._closed:
+            # The first chart will pay for it; no cell's concern (a kernel image without
+            # matplotlib, say: turn warm_charts off for it).
+            log.warning("chart warm-up of kernel %s failed: %r", self.kernel_id[:12], failed)
+
     async def run(
         self,
         code: str,
@@ -132,6 +152,9 @@ class Kernel:
         ``on_output`` is handed each output as it arrives (a streaming request).
         """
         timeout = self.pool.timeout_s
+        if self._warming is not None:
+            await asyncio.wait([self._warming])  # its outcome is no concern of this cell
+            self._warming = None
         if self._closed:
             raise self._shut_down()
         # A task of its own, so that ``shutdown`` can stop it without cancelling the caller.
@@ -224,6 +247,8 @@ class Kernel:
         self.lost = self.lost or "shut_down"
         if self._execution is not None:
             self._execution.cancel()  # its ``run`` answers Cancelled
+        if self._warming is not None:
+            self._warming.cancel()
         self.client.close()
         try:
             await self.process.kill()
@@ -283,12 +308,16 @@ class KernelLauncher:
             )
             await client.wait_ready(self.settings.kernel_start_timeout_s, kernel.alive)
             await client.execute(
-                WARM_UP_CHART_CODE + WARM_UP_CODE if pool.warm_charts else WARM_UP_CODE,
+                WARM_UP_CODE,
                 WARM_UP_EXPRESSIONS,
                 self.settings.kernel_start_timeout_s,
                 self.settings.output_limit_bytes,
                 kernel.alive,
             )
+            if pool.warm_charts:
+                kernel.warm_up_charts(
+                    self.settings.kernel_start_timeout_s, self.settings.output_limit_bytes
+                )
             return kernel
         except BaseException as exc:
             detail = getattr(process, "stderr_text", lambda: "")()
