@@ -72,18 +72,32 @@ async def _async(value: bool) -> bool:
     return value
 
 
-async def test_a_cold_kernels_first_cell_runs_after_its_chart_warm_up(
+CHARTS_WARMED = "import sys; str(['matplotlib.pyplot' in sys.modules, 'plt' in dir()])"
+
+
+async def test_idle_kernels_of_a_warm_charts_pool_draw_a_chart_before_any_session_uses_them(
     api: RunningServer, client: httpx.AsyncClient
 ) -> None:
-    # tiny: min_idle = 0, warm_charts on. The create answers once pandas is warm; the first
-    # cell waits for the chart being drawn meanwhile, and sees none of its output.
-    created = await client.post("/sessions", json={"pool": "tiny"})
-    assert created.status_code == 201, created.text
-    name = created.json()["session_id"]
+    # default: warm_charts on. Once nothing starts, its idle kernels draw their chart; the
+    # first cell finds pyplot imported (waiting for it if need be) and no name left behind.
+    pool = api.runtime.pools["default"]
+    await wait_for(lambda: _async(len(pool.idle) == pool.settings.min_idle), timeout=60)
+    await wait_for(lambda: _async(pool.starting == 0), timeout=60)
+    name = (await client.post("/sessions", json={})).json()["session_id"]
+    cold = []
     try:
-        first = await ok(client, name, "import sys; 'matplotlib.pyplot' in sys.modules")
-        assert first["data"]["rows"] == [[True]]
+        first = await ok(client, name, CHARTS_WARMED)
+        assert first["data"]["rows"] == [["[True, False]"]] and first["execution_count"] == 1
         assert [o["output_type"] for o in first["outputs"]] == ["execute_result"]
-        assert first["execution_count"] == 1
+        chart = await ok(client, name, "import matplotlib.pyplot as plt\nplt.plot([1, 2])")
+        assert [o for o in chart["outputs"] if "image/png" in o.get("data", {})], chart
+        # small: warm_charts off. tiny: on, but its kernel starts for a waiting request,
+        # which gets it as soon as it is ready: the chart is left to its session.
+        for other in ("small", "tiny"):
+            created = await client.post("/sessions", json={"pool": other})
+            assert created.status_code == 201, created.text
+            cold.append(created.json()["session_id"])
+            assert await value_of(client, cold[-1], CHARTS_WARMED) == "[False, False]"
     finally:
-        await client.delete(f"/sessions/{name}")
+        for session in (name, *cold):
+            await client.delete(f"/sessions/{session}")

@@ -15,8 +15,7 @@ shared server, so a new sandbox is added to that list and must pass all of them.
 - sees nothing of the server: not its environment or this process's, not its files, not
   its processes;
 - cannot install packages, and says how to add them instead;
-- starts warm, with pandas, numpy and pyarrow imported, and in a pool with ``warm_charts``
-  one chart drawn.
+- starts warm, with pandas, numpy and pyarrow imported.
 
 The limits that end or stop code (memory, processes and threads, timeouts, output floods)
 are tested over the same sandboxes through the server in ``test_limits.py``; what only the
@@ -417,23 +416,3 @@ async def test_warm_kernels_have_pandas_imported(
     )
     assert answer["data"]["rows"] == [["['numpy', 'pandas', 'pyarrow']"]]
     assert await value_of(client, session_id, "pd.__name__ + np.__name__") == "pandasnumpy"
-
-
-CHARTS_WARMED = "import sys; str(['matplotlib.pyplot' in sys.modules, 'plt' in dir()])"
-
-
-async def test_a_pool_with_warm_charts_has_drawn_one_before_the_first_cell(
-    client: httpx.AsyncClient, session_id: str
-) -> None:
-    # Default pool (warm_charts on): pyplot imported, and no name of the warm-up left.
-    assert await value_of(client, session_id, CHARTS_WARMED) == "[True, False]"
-    chart = await ok(client, session_id, "import matplotlib.pyplot as plt\nplt.plot([1, 2])")
-    assert [o for o in chart["outputs"] if "image/png" in o.get("data", {})], chart["outputs"]
-    # The small pool has warm_charts = false: nothing of matplotlib until a cell asks.
-    other = f"{session_id}-cold"
-    created = await client.post("/sessions", json={"session_id": other, "pool": "small"})
-    assert created.status_code == 201, created.text
-    try:
-        assert await value_of(client, other, CHARTS_WARMED) == "[False, False]"
-    finally:
-        await client.delete(f"/sessions/{other}")

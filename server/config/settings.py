@@ -107,10 +107,10 @@ class PoolSettings:
     )
     warm_charts: bool = setting(
         True,
-        "Draw one chart while a kernel warms up (matplotlib's pyplot, its inline backend and "
-        "fonts loaded), so a session's first chart does not pay for them: about 25 MiB more "
-        "per kernel, and 0.5 s of cpu after each start (the kernel is ready before; a cell "
-        "sent at once waits for it).",
+        "Idle kernels draw one chart (matplotlib's pyplot, its inline backend and fonts "
+        "loaded) once nothing of the pool starts and nobody waits, so a session's first chart "
+        "does not pay for them: about 25 MiB and 0.5 s of cpu per kernel, spent only when the "
+        "pool is not busy starting kernels.",
     )
     docker_runtime: str = setting(
         "",

@@ -56,14 +56,15 @@ except ZeroDivisionError:
 get_ipython().execution_count = 1
 pd.DataFrame({'a': [1.0]}).describe()
 """
-# After it, in a pool with ``warm_charts``: what a session's first chart would pay (pyplot's
-# import, ~0.4 s; the inline backend, fonts and a PNG, ~0.1 s), leaving no name behind. The
-# kernel counts as ready before it runs: a request that takes the kernel at once waits for
-# it (no longer than a start would have made it wait), one that comes later finds it done.
+# Drawn in an idle kernel of a pool with ``warm_charts`` (when, the pool decides): what a
+# session's first chart would pay (pyplot's import, ~0.4 s; the inline backend, fonts and a
+# PNG, ~0.1 s), leaving no name behind. A request that takes the kernel meanwhile waits for
+# it in ``Kernel.run``.
 WARM_UP_CHART_CODE = """\
 __import__('matplotlib.pyplot').pyplot.plot([0, 1])
 __import__('matplotlib.pyplot').pyplot.show()
 """
+CHART_WARM_UP_OUTPUT_LIMIT = 1 << 20  # its PNG is about 10 KiB
 WARM_UP_EXPRESSIONS = {protocol.EXPRESSION: protocol.result_expression(1)}
 
 
@@ -90,6 +91,7 @@ class Kernel:
         self._closed = False
         self._execution: asyncio.Future[Execution] | None = None  # the cell running now
         self._warming: asyncio.Future[Execution] | None = None  # the chart warm-up, till run
+        self.charts_warm = False  # the chart warm-up ran or runs
 
     @property
     def broker_socket(self) -> Path:
@@ -121,10 +123,19 @@ class Kernel:
             return self.lost
         return "out_of_memory" if await self.process.oom_killed() else "kernel_died"
 
-    def warm_up_charts(self, timeout: float, output_limit: int) -> None:
-        """Draw one chart in the background (``WARM_UP_CHART_CODE``); ``run`` waits for it."""
+    def warm_up_charts(self) -> None:
+        """Draw one chart in the background (``WARM_UP_CHART_CODE``), once; ``run`` waits
+        for it. Only for a kernel that no session has used."""
+        if self.charts_warm or self._closed:
+            return
+        self.charts_warm = True
         chart = self.client.execute(
-            WARM_UP_CHART_CODE, {}, timeout, output_limit, self.alive, silent=True
+            WARM_UP_CHART_CODE,
+            {},
+            self.pool.timeout_s,
+            CHART_WARM_UP_OUTPUT_LIMIT,
+            self.alive,
+            silent=True,
         )
         self._warming = warming = asyncio.ensure_future(chart)
         warming.add_done_callback(self._warmed)
@@ -314,10 +325,6 @@ class KernelLauncher:
                 self.settings.output_limit_bytes,
                 kernel.alive,
             )
-            if pool.warm_charts:
-                kernel.warm_up_charts(
-                    self.settings.kernel_start_timeout_s, self.settings.output_limit_bytes
-                )
             return kernel
         except BaseException as exc:
             detail = getattr(process, "stderr_text", lambda: "")()

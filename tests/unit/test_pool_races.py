@@ -26,13 +26,18 @@ LONG = 30.0  # a wait that no test reaches
 
 
 class FakeKernel:
-    """What the pool calls on a kernel: usable(), alive(), shutdown(), kernel_id."""
+    """What the pool calls on a kernel: usable(), alive(), shutdown(), warm_up_charts(),
+    kernel_id."""
 
     def __init__(self, number: int, check_yields: bool = False) -> None:
         self.kernel_id = f"fake-kernel-{number:04d}-0123456789"
         self.works = True
         self.shutdowns = 0
         self.check_yields = check_yields  # usable() asks the sandbox (an await)
+        self.charts_warm = False
+
+    def warm_up_charts(self) -> None:
+        self.charts_warm = True
 
     async def usable(self) -> bool:
         if self.check_yields:
@@ -393,3 +398,31 @@ async def test_close_shuts_down_idle_kernels_and_waits_for_starts_in_flight() ->
     await settle()
     assert starter.calls == 3, "a closed pool starts nothing"
     check_books(pool, starter, [held])
+
+
+async def test_idle_kernels_draw_their_warm_up_chart_only_once_nothing_starts_or_waits() -> None:
+    starter = FakeStarter()
+    pool = make_pool(starter, min_idle=2, max_kernels=3)
+    pool.fill()
+    await settle()
+    first = starter.finish()
+    await settle()
+    assert first in pool.idle and not first.charts_warm, "a start is still in flight"
+    second = starter.finish()
+    await settle()
+    assert first.charts_warm and second.charts_warm
+    held = [await pool.acquire()]  # a refill starts: the next idle kernel waits for it
+    await settle()
+    third = starter.finish()
+    await settle()
+    assert third.charts_warm
+    check_books(pool, starter, held)
+    # A kernel that goes to a waiter is the waiter's: its chart is left to its session.
+    cold_starter = FakeStarter()
+    cold = make_pool(cold_starter, min_idle=0, max_kernels=1)
+    waiting = asyncio.ensure_future(cold.acquire())
+    await settle()
+    kernel = cold_starter.finish()
+    await settle()
+    assert waiting.result() is kernel and not kernel.charts_warm
+    check_books(cold, cold_starter, [kernel])
