@@ -34,7 +34,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import defer
@@ -99,8 +99,9 @@ class AuditEntry:
         else:
             self.error_type = DataExecError.type
 
-    def row(self) -> AuditRow:
-        return AuditRow(
+    def row(self) -> dict[str, Any]:
+        """Its columns in the store (``AuditRow``)."""
+        return dict(
             started=self.started,
             tenant=self.tenant,
             session_id=self.session_id,
@@ -341,7 +342,7 @@ class AuditLog:
 
     def _insert(self, batch: list[AuditEntry]) -> None:
         with self.store.session() as db, db.begin():
-            db.add_all(entry.row() for entry in batch)
+            db.execute(sa.insert(cast(sa.Table, AuditRow.__table__)), [e.row() for e in batch])
 
     async def flush(self) -> None:
         """Wait until every entry added so far is in the store (not for later ones: under

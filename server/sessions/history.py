@@ -66,3 +66,13 @@ class FrameRecord:
     cache_key: str | None
     updated: dt.datetime
     note: str | None = None
+
+
+@dataclass(frozen=True)
+class StepWrite:
+    """A step as the store gets it: its record, the frames its checkpoint pass found (None:
+    no pass ran) and why its kernel was lost, if it was."""
+
+    record: ExecutionRecord
+    frames: list[FrameRecord] | None
+    lost_reason: str | None

@@ -19,23 +19,39 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 
 from server import clock
-from server.sessions.history import ExecutionRecord, FrameRecord
+from server.sessions.history import ExecutionRecord, FrameRecord, StepWrite
 from server.store.database import StoreDatabase
 from server.store.models import CacheEntry, CacheEviction, ExecutionRow, FrameRow, SessionRow
 
 R = TypeVar("R")
 
 
-def _row(record: Any, model: type[Any], **extra: Any) -> Any:
-    """A store row of ``model`` from a record: the fields both have, ``extra`` over them."""
+def _values(record: Any, model: type[Any], **extra: Any) -> dict[str, Any]:
+    """The columns of a ``model`` row from a record: the fields both have, ``extra`` over
+    them. Inserted as plain rows: ORM objects' unit of work cost a step's write a quarter
+    more cpu (0.87 against 0.69 ms, measured alone), which runs beside the next step."""
     columns = model.__table__.columns.keys()
     values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
-    return model(**{k: v for k, v in values.items() if k in columns} | extra)
+    return {k: v for k, v in values.items() if k in columns} | extra
+
+
+def _step_values(session_id: str, step: StepWrite) -> dict[str, Any]:
+    elapsed = step.record.elapsed_ms
+    return _values(
+        step.record,
+        ExecutionRow,
+        session_id=session_id,
+        elapsed_ms=None if elapsed is None else round(elapsed),
+    )
+
+
+def _table(model: type[Any]) -> sa.Table:
+    return cast(sa.Table, model.__table__)
 
 
 def _record(row: Any, kind: type[R], **overrides: Any) -> R:
@@ -144,26 +160,23 @@ class SessionRecords:
         with self.store.session() as db, db.begin():
             db.execute(sa.update(SessionRow).where(SessionRow.id == session_id).values(state=state))
 
-    def record_step(
-        self,
-        session_id: str,
-        record: ExecutionRecord,
-        frames: list[FrameRecord] | None,
-        lost_reason: str | None,
-    ) -> None:
-        """Write one step, the session's counters and (when a pass ran) its frames."""
+    def record_steps(self, session_id: str, steps: list[StepWrite]) -> None:
+        """Write steps of a session (in order) in one transaction: the steps, the session's
+        counters as of the last one, and the frames of the last checkpoint pass among them."""
         now = clock.now()
+        last = steps[-1]
+        frames = next((s.frames for s in reversed(steps) if s.frames is not None), None)
         with self.store.session() as db, db.begin():
-            elapsed = None if record.elapsed_ms is None else round(record.elapsed_ms)
-            db.add(_row(record, ExecutionRow, session_id=session_id, elapsed_ms=elapsed))
+            db.execute(
+                sa.insert(_table(ExecutionRow)), [_step_values(session_id, s) for s in steps]
+            )
             db.execute(
                 sa.update(SessionRow)
                 .where(SessionRow.id == session_id)
                 .values(
-                    # Steps are recorded in order, under the session's lock.
-                    execution_count=record.execution_count,
+                    execution_count=last.record.execution_count,
                     last_activity=now,
-                    lost_reason=lost_reason,
+                    lost_reason=last.lost_reason,
                 )
             )
             if frames is not None:
@@ -173,7 +186,11 @@ class SessionRecords:
         self, db: sa.orm.Session, session_id: str, frames: list[FrameRecord]
     ) -> None:
         db.execute(sa.delete(FrameRow).where(FrameRow.session_id == session_id))
-        db.add_all(_row(f, FrameRow, session_id=session_id) for f in frames)
+        if frames:
+            db.execute(
+                sa.insert(_table(FrameRow)),
+                [_values(f, FrameRow, session_id=session_id) for f in frames],
+            )
 
     def history(self, session_id: str) -> list[ExecutionRecord]:
         """The session's steps in order."""

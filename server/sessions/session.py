@@ -19,7 +19,7 @@ from server.broker.caller import Caller
 from server.errors import Cancelled, ValidationError
 from server.kernels.kernel import Kernel
 from server.kernels.pool import KernelPool
-from server.sessions.history import ExecutionRecord, FrameRecord
+from server.sessions.history import ExecutionRecord, FrameRecord, StepWrite
 
 if TYPE_CHECKING:
     from server.sessions.replay import Replay
@@ -91,7 +91,9 @@ class Session:
     waiting: int = 0
     running: ExecutionRecord | None = None
     after_step: asyncio.Future[None] | None = None  # the checkpoint pass after a step
-    store_write: asyncio.Future[None] | None = None  # the last step's write to the store
+    store_write: asyncio.Future[None] | None = None  # writes ``unwritten`` to the store
+    unwritten: list[StepWrite] = field(default_factory=list)  # steps not yet in the store
+    write_now: bool = False  # someone waits for ``unwritten`` to be written
     replay: Replay | None = None  # an imported notebook being replayed into the session
     ended: str | None = None  # "deleted" or "expired" once the manager has let it go
 
