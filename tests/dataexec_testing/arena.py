@@ -132,10 +132,10 @@ class Arena:
         # verify=False: the arena speaks plain HTTP, and httpx loads the CA bundle for every
         # client otherwise (~40 ms of this process's event loop each, in a flood of them).
         return httpx.AsyncClient(
-            base_url=self.serve.url, headers=self._auth(who), timeout=timeout, verify=False
+            base_url=self.serve.url, headers=self.auth_headers(who), timeout=timeout, verify=False
         )
 
-    def _auth(self, who: str) -> dict[str, str]:
+    def auth_headers(self, who: str) -> dict[str, str]:
         if who in TOKENS:
             return {"Authorization": f"Bearer {TOKENS[who]}"}
         return {} if who == "none" else {"Authorization": who}
