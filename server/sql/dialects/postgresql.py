@@ -1,13 +1,16 @@
-"""PostgreSQL: ADBC's COPY BINARY reader for results, psycopg2 for the rest, TLS for both.
+"""PostgreSQL: COPY into Arrow for results, psycopg2 for the rest, TLS for every connection.
 
-Results of queries without parameters go through ADBC, which reads COPY BINARY straight
-into Arrow: no Python object per row (measured here 4x faster than psycopg2 +
-``pandas.read_sql`` on flights). Queries with ``:name`` parameters, ``/schema`` and profiles
-go through SQLAlchemy on psycopg2, the driver DataExec ships (a bare ``postgresql://``
-would mean psycopg 3 to SQLAlchemy 2.1; ``server.config`` names the driver).
+Results of queries without parameters come as COPY, with no Python object per row: as
+CSV parsed by pyarrow when every column has a common type (``postgresql_csv``, nearest the
+database's own pace), else through ADBC, which reads COPY BINARY straight into Arrow (both
+measured here 4x faster than psycopg2 + ``pandas.read_sql`` on flights). Queries with
+``:name`` parameters, ``/schema`` and profiles go through SQLAlchemy on psycopg2, the
+driver DataExec ships (a bare ``postgresql://`` would mean psycopg 3 to SQLAlchemy 2.1;
+``server.config`` names the driver).
 
 Every query runs wrapped so that PostgreSQL itself refuses a row over
-``sql_max_row_bytes`` (``pg_column_size`` of the whole row, checked as rows are produced):
+``sql_max_row_bytes`` (``pg_column_size`` of the whole row, or on the CSV path of its
+variable-width values, checked as rows are produced):
 a ``repeat('x', 500000000)`` fails in the database instead of arriving whole in libpq's
 buffer, then in Arrow (the check costs no measurable time on flights). A value that a table
 keeps compressed counts at its compressed size there; the Arrow side checks again
@@ -35,6 +38,7 @@ from sqlalchemy.engine import URL, Engine
 
 from server.config import Settings
 from server.sql import arrow_types
+from server.sql.dialects import postgresql_csv
 from server.sql.dialects.generic import Dialect, Guarantees
 from server.sql.errors import ROW_TOO_LARGE, is_connection_failure
 from server.sql.streaming import ClosingReader, QueryStream
@@ -52,7 +56,10 @@ class PostgreSQL(Dialect):
         read_only="the guard; default_transaction_read_only on every connection; the role",
         timeout="statement_timeout on every connection (sql_timeout_s)",
         cancel="the driver's cancel request (ADBC, psycopg2), on interrupt and timeout",
-        arrow_path="ADBC (COPY BINARY into Arrow); queries with parameters: psycopg2 rows",
+        arrow_path=(
+            "COPY CSV parsed by pyarrow (integers, floats, booleans, text, dates, timestamps); "
+            "other types: ADBC (COPY BINARY into Arrow); queries with parameters: psycopg2 rows"
+        ),
         profile_source="pg_stats after a recent ANALYZE, else TABLESAMPLE, else every row",
     )
 
@@ -169,6 +176,11 @@ class PostgreSQL(Dialect):
     def read(
         self, query: str, params: Mapping[str, Any] | None, stream: QueryStream
     ) -> ClosingReader:
+        if not params and _QUERY.match(query):  # a query: its columns can be asked for
+            cap = int(self.settings.sql_max_row_bytes)
+            csv = postgresql_csv.read(self.engine.raw_connection(), query, stream, cap)
+            if csv is not None:
+                return csv
         query = self.bounded(query)
         if self._adbc_uri is None or params:
             return super().read(query, params, stream)

@@ -1,0 +1,203 @@
+"""PostgreSQL results over CSV COPY (``server.sql.dialects.postgresql_csv``), on the real
+embedded PostgreSQL.
+
+The CSV path must give exactly what ADBC gives for every type it takes, hand every other
+type to ADBC, and never turn a COPY that failed part-way (the timeout, the row cap, a
+cancel, a reader that stopped) into a short result or a connection left mid-COPY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+
+import adbc_driver_postgresql.dbapi as adbc_pg
+import pyarrow as pa
+import pytest
+
+from server.config import load_settings
+from server.embedded.postgres import EmbeddedPostgres
+from server.errors import ExecutionError, ExecutionTimeout, OutputTooLarge
+from server.sql.database import QueryDatabase
+from server.sql.dialects import postgresql_csv
+from server.sql.streaming import QueryStream
+
+# Every type the CSV path takes, with the values whose text is easy to get wrong.
+EVERY_TYPE = """
+SELECT * FROM (VALUES
+  (1, true, 2::int2, 3::int4, '-9223372036854775808'::int8, 1.5::float4, 0.1::float8,
+   'a,b "quoted"'::text, 'two
+lines'::varchar, 'ab'::char(4), 'pg_class'::name, date '2024-02-29',
+   timestamp '2024-03-01 12:00:00.123456', timestamptz '2024-03-01 12:00:00.5+02'),
+  (2, false, '-32768'::int2, 2147483647::int4, 9223372036854775807::int8,
+   'NaN'::float4, '-0'::float8, ''::text, 'ünï ✓'::varchar, ''::char(4), ''::name,
+   date '0001-01-01', timestamp '1970-01-01 00:00:00', timestamptz '9999-12-31 23:59:59+00'),
+  (3, NULL, NULL, NULL, NULL, '-Infinity'::float4, 'Infinity'::float8, NULL, NULL, NULL,
+   NULL, NULL, NULL, NULL),
+  (4, NULL, NULL, NULL, NULL, NULL, 1e308::float8, '\\N'::text, 'NULL', ' ', 'x', NULL,
+   NULL, NULL)
+) AS t(n, b, i2, i4, i8, f4, f8, t, v, c, nm, d, ts, tstz)
+ORDER BY n
+"""
+
+
+@pytest.fixture
+def database(embedded_pg: EmbeddedPostgres) -> Iterator[QueryDatabase]:
+    settings = load_settings(env={"DATAEXEC_SQL_TIMEOUT_S": "2"})
+    database = QueryDatabase(settings, embedded_pg.query_url.render_as_string(hide_password=False))
+    yield database
+    database.close()
+
+
+def adbc_table(embedded_pg: EmbeddedPostgres, query: str) -> pa.Table:
+    url = embedded_pg.query_url.set(drivername="postgresql")
+    with adbc_pg.connect(url.render_as_string(hide_password=False)) as conn:
+        with conn.cursor() as cursor:
+            cursor.execute(query)
+            return cursor.fetch_arrow_table()
+
+
+def csv_table(database: QueryDatabase, query: str) -> pa.Table:
+    """``query`` read through the CSV path itself (failing if it would not take it)."""
+    reader = postgresql_csv.read(database.engine.raw_connection(), query, QueryStream(), 1 << 24)
+    assert reader is not None
+    try:
+        table = pa.Table.from_batches(list(reader), schema=reader.schema)
+    except BaseException as exc:
+        reader.close(exc)
+        raise
+    reader.close(None)
+    return table
+
+
+def assert_pool_idle(database: QueryDatabase) -> None:
+    assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def still_answers(database: QueryDatabase) -> None:
+    table = await database.table("SELECT count(*)::int AS n FROM airlines")
+    assert table.column("n").to_pylist() == [16]
+    assert_pool_idle(database)
+
+
+async def test_every_csv_type_reads_exactly_what_adbc_reads(
+    database: QueryDatabase, embedded_pg: EmbeddedPostgres
+) -> None:
+    csv = csv_table(database, EVERY_TYPE)
+    adbc = adbc_table(embedded_pg, EVERY_TYPE)
+    assert csv.schema == adbc.schema
+    for name in csv.column_names:
+        ours, theirs = csv.column(name).to_pylist(), adbc.column(name).to_pylist()
+        for mine, reference in zip(ours, theirs, strict=True):
+            if isinstance(reference, float) and math.isnan(reference):
+                assert math.isnan(mine), name
+            else:
+                assert mine == reference and type(mine) is type(reference), name
+                if isinstance(reference, float):  # -0.0 == 0.0: the sign must survive too
+                    assert math.copysign(1, mine) == math.copysign(1, reference), name
+    assert csv.column("t").to_pylist()[1:] == ["", None, "\\N"]  # NULL is not ""
+    assert_pool_idle(database)
+
+
+async def test_flights_read_through_csv_equal_adbc(
+    database: QueryDatabase, embedded_pg: EmbeddedPostgres
+) -> None:
+    query = "SELECT * FROM flights ORDER BY year, month, day, carrier, flight, sched_dep_time"
+    csv = csv_table(database, query)
+    assert csv.num_rows == 336_776
+    assert csv.equals(adbc_table(embedded_pg, query))
+
+
+async def test_odd_shapes_of_results(database: QueryDatabase) -> None:
+    single = await database.table("SELECT NULL::int AS x FROM generate_series(1, 3)")
+    assert single.column("x").to_pylist() == [None, None, None]  # three empty lines
+    empty = await database.table("SELECT carrier, 1 AS n FROM airlines WHERE false")
+    assert empty.num_rows == 0 and empty.column_names == ["carrier", "n"]
+    twice = await database.table("SELECT 1 AS a, 'x' AS a, 2.5::float8 AS a")
+    assert twice.column_names == ["a", "a", "a"]
+    assert [c.to_pylist() for c in twice.columns] == [[1], ["x"], [2.5]]
+    assert_pool_idle(database)
+
+
+async def test_other_types_go_to_adbc_and_give_the_connection_back(
+    database: QueryDatabase,
+) -> None:
+    query = "SELECT 1.25::numeric(10, 2) AS dec, 1 AS n"
+    raw = database.engine.raw_connection()
+    assert postgresql_csv.read(raw, query, QueryStream(), 1 << 24) is None
+    assert_pool_idle(database)
+    table = await database.table("SELECT 1.25::numeric(10, 2) AS dec, interval '1 day' AS i")
+    assert str(table.column("dec")[0]) == "1.25"
+    assert pa.types.is_duration(table.schema.field("i").type)
+    await still_answers(database)
+
+
+async def test_a_value_pyarrow_cannot_read_names_its_column(database: QueryDatabase) -> None:
+    with pytest.raises(ExecutionError, match="'far'") as failure:
+        await database.table("SELECT 1 AS n, 'infinity'::date AS far")
+    assert failure.value.extra["ename"] == "ResultTypeError"
+    await still_answers(database)
+
+
+async def test_rows_wider_than_a_chunk_are_read_whole(database: QueryDatabase) -> None:
+    table = await database.table(
+        "SELECT g, CASE WHEN g % 400 = 0 THEN repeat('y', 3000000) ELSE 'a,\"b\"' END AS v "
+        "FROM generate_series(1, 1000) g"
+    )
+    lengths = [len(v) for v in table.column("v").to_pylist()]
+    assert lengths.count(3_000_000) == 2 and lengths.count(5) == 998
+    alone = await database.table("SELECT repeat(E'z\\n', 6000000) AS v")
+    assert alone.column("v")[0].as_py() == "z\n" * 6_000_000
+    await still_answers(database)
+
+
+async def test_a_row_over_the_cap_fails_the_query_not_shortens_it(
+    embedded_pg: EmbeddedPostgres,
+) -> None:
+    settings = load_settings(env={"DATAEXEC_SQL_MAX_ROW_BYTES": str(1 << 20)})
+    database = QueryDatabase(settings, embedded_pg.query_url.render_as_string(hide_password=False))
+    try:
+        with pytest.raises(OutputTooLarge, match="sql_max_row_bytes"):
+            await database.table(
+                "SELECT g, CASE WHEN g = 90000 THEN repeat(md5(g::text), 100000) END AS v "
+                "FROM generate_series(1, 100000) g"
+            )
+        await still_answers(database)
+    finally:
+        database.close()
+
+
+async def test_a_timeout_mid_copy_fails_the_query_and_frees_the_connection(
+    database: QueryDatabase,
+) -> None:
+    # Rows arrive before the statement timeout (2 s) ends the COPY part-way.
+    with pytest.raises(ExecutionTimeout):
+        await database.table("SELECT g, pg_sleep(0.5)::text AS s FROM generate_series(1, 10) g")
+    await still_answers(database)
+
+
+async def test_a_cancel_mid_copy_stops_it_in_the_database(database: QueryDatabase) -> None:
+    stream = database.start("SELECT g, pg_sleep(0.2)::text AS s FROM generate_series(1, 50) g")
+    await stream.ready()
+    await asyncio.sleep(0.5)
+    stream.cancel()
+    await asyncio.wait_for(stream.closed(), 5)
+    running = await database.table(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query LIKE '%pg_sleep(0.2)%' "
+        "AND state = 'active' AND pid <> pg_backend_pid()"
+    )
+    assert running.column("n").to_pylist() == [0]
+    await still_answers(database)
+
+
+async def test_a_reader_that_stops_early_ends_the_copy(embedded_pg: EmbeddedPostgres) -> None:
+    # The byte cap stops reading flights after a few chunks; the COPY is still sending.
+    settings = load_settings(env={"DATAEXEC_SQL_MAX_RESULT_BYTES": str(4 << 20)})
+    database = QueryDatabase(settings, embedded_pg.query_url.render_as_string(hide_password=False))
+    try:
+        with pytest.raises(OutputTooLarge, match="sql_max_result_bytes"):
+            await asyncio.wait_for(database.table("SELECT * FROM flights"), 30)
+        await still_answers(database)
+    finally:
+        database.close()
