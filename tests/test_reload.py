@@ -33,6 +33,7 @@ def config(
     max_kernels: int = 4,
     memory_mb: int = 1024,
     wide: bool = False,
+    warm_charts: bool = True,
 ) -> str:
     """A whole configuration file: pool default, maybe pool wide, tenant acme."""
     pools = '["default", "wide"]' if wide else '["default"]'
@@ -44,6 +45,7 @@ capacity_wait_s = 5.0
 min_idle = {min_idle}
 max_kernels = {max_kernels}
 memory_mb = {memory_mb}
+warm_charts = {str(warm_charts).lower()}
 
 [tenants.acme]
 tokens = [{", ".join(f'"{t}"' for t in tokens)}]
@@ -155,6 +157,23 @@ async def test_sighup_resizes_pools_and_rotates_tokens_while_a_session_keeps_its
         assert await value_of(new, "in-wide", "6 * 7") == 42
         for name in ("kept", "in-wide"):
             assert (await new.delete(f"/sessions/{name}")).status_code == 204
+
+
+async def test_turning_warm_charts_on_keeps_the_idle_kernels_and_they_draw(
+    served: ServeProcess,
+) -> None:
+    await start_from(served, config(warm_charts=False))
+    async with client(served, OLD) as tenant:  # the idle kernel now is one started without
+        await ok(tenant, "used", "1")
+        assert (await tenant.delete("/sessions/used")).status_code == 204
+    await start_from(served, config(warm_charts=False))
+    started = (await pools(served))["default"]["started_total"]
+    await start_from(served, config(warm_charts=True))
+    assert (await pools(served))["default"]["started_total"] == started  # none replaced
+    charted = "import sys; str(['matplotlib.pyplot' in sys.modules, 'plt' in dir()])"
+    async with client(served, OLD) as tenant:
+        assert await value_of(tenant, "charted", charted) == "[True, False]"
+        assert (await tenant.delete("/sessions/charted")).status_code == 204
 
 
 async def test_max_kernels_lowered_below_the_kernels_in_use_keeps_them_and_waits(

@@ -28,7 +28,8 @@ of one tenant is all its share: past ``max_kernels`` it waits, then gets ``Capac
 A configuration reload (``reconfigure``) changes a pool in place: its sizes at once (idle
 kernels past the new ``min_idle`` or ``max_kernels`` are destroyed, missing ones started),
 its limits for kernels started from then on (idle kernels started with other limits are
-replaced, and so is a start in flight). Handed-out kernels keep running as they started. A
+replaced, and so is a start in flight), ``warm_charts`` at once (idle kernels are kept and
+draw their chart when it is turned on). Handed-out kernels keep running as they started. A
 pool removed from the configuration is ``retire``d: it keeps no warm kernels and serves only
 the sessions it already has.
 """
@@ -116,6 +117,7 @@ class KernelPool:
         for _ in range(min(surplus, len(self.idle))):
             self._destroy(self.idle.popleft())
         self.fill()
+        self._warm_up_charts()
 
     def retire(self) -> None:
         """The pool left the configuration: no warm kernels any more; the sessions that use
@@ -293,5 +295,8 @@ class KernelPool:
 
 
 def _launch(settings: PoolSettings) -> PoolSettings:
-    """What a kernel is started with (its limits), without the pool's sizes."""
-    return dataclasses.replace(settings, min_idle=0, max_kernels=1, idle_timeout_s=1.0)
+    """What a kernel is started with (its limits), without the pool's sizes and without
+    ``warm_charts`` (idle kernels draw their chart whenever it is on)."""
+    return dataclasses.replace(
+        settings, min_idle=0, max_kernels=1, idle_timeout_s=1.0, warm_charts=False
+    )
