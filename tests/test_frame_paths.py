@@ -2,9 +2,10 @@
 
 - ``sql()``'s result is kept by the broker as it streams to the kernel: a step answering
   it, and the checkpoint after, name that key, and the kernel sends nothing back.
-- A frame the kernel puts (a result, ``save()``, a checkpoint) travels as a sealed memfd the
-  broker maps; a descriptor that is not that (unsealed, another size, not a file) is
-  refused, and a kernel that passes none sends the stream after its marker byte.
+- A frame the kernel puts (a result, ``save()``, a checkpoint) travels in a memfd the kernel
+  keeps for its next puts and the broker copies the stream out of; a descriptor that is not
+  a file, or one shorter than the stream, is refused, and a kernel that passes none sends
+  the stream after its marker byte.
 - ``load(key)`` maps the key's Arrow file from the hot tier (a descriptor over the broker
   socket); with the hot tier off (``cache_hot_bytes = 0``) or past its budget it streams
   from Parquet as before, and both give the same frame.
@@ -159,7 +160,7 @@ async def test_a_kernel_keeps_no_output_history(api: RunningServer) -> None:
 # Speaks the broker's put by hand from inside the kernel: one descriptor of each bad kind,
 # then a stream without any descriptor (the fallback), then a proper save().
 HAND_PUT = """
-import fcntl, json, os, socket, struct
+import json, os, socket, struct
 import pyarrow as pa
 from dataexec_kernel import broker
 table = pa.table({'x': list(range(1000))})
@@ -180,18 +181,15 @@ def put(send):
         except Exception as exc:
             return type(exc).__name__ + ': ' + str(exc)
 
-def memfd(sealed, size):
-    fd = os.memfd_create('x', os.MFD_ALLOW_SEALING)
-    os.write(fd, body[:size])
-    if sealed:
-        seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+def memfd(data):
+    fd = os.memfd_create('x')
+    os.write(fd, data)
     return fd
 
 read_end, _ = os.pipe()
 outcomes = [
-    put(lambda s: socket.send_fds(s, [b'\\0'], [memfd(False, len(body))])),
-    put(lambda s: socket.send_fds(s, [b'\\0'], [memfd(True, len(body) - 8)])),
+    put(lambda s: socket.send_fds(s, [b'\\0'], [memfd(body + b'left from a larger put')])),
+    put(lambda s: socket.send_fds(s, [b'\\0'], [memfd(body[:-8])])),
     put(lambda s: socket.send_fds(s, [b'\\0'], [read_end])),
 ] if DESCRIPTORS else [None, None, None]
 outcomes.append(put(lambda s: s.sendall(b'\\0' + body)))
@@ -199,7 +197,10 @@ json.dumps(outcomes)
 """
 
 
-async def test_put_maps_a_sealed_memfd_and_refuses_any_other_descriptor(
+KEPT_MEMORY = "str(broker.STREAMS._kept and (broker.STREAMS._kept.fd, broker.STREAMS._kept.size))"
+
+
+async def test_put_copies_from_a_kept_memfd_and_refuses_any_other_descriptor(
     api: RunningServer,
 ) -> None:
     # gVisor's memfds are its own: a kernel there cannot pass one to the host, so its puts
@@ -213,11 +214,19 @@ async def test_put_maps_a_sealed_memfd_and_refuses_any_other_descriptor(
         assert moved(before, after, "put", mapped) > 1_000_000
         assert moved(before, after, "put", streamed_bytes) == 0
         assert (await client.get(f"/cache/{key}/meta")).json()["row_count"] == 200_000
+        # The next put writes over the same memory: the first key keeps its own frame.
+        kept = await value_of(client, session, f"from dataexec_kernel import broker\n{KEPT_MEMORY}")
+        other = await value_of(client, session, "save(pd.DataFrame({'y': range(150_000)}))")
+        assert await value_of(client, session, KEPT_MEMORY) == kept
+        assert kept != "None" or not passes
+        first = f"load('{key}').equals(pd.DataFrame({{'x': range(200_000)}}))"
+        assert await value_of(client, session, first) is True
+        assert (await client.get(f"/cache/{other}/meta")).json()["row_count"] == 150_000
 
         cell = f"DESCRIPTORS = {passes}\n" + HAND_PUT
-        unsealed, short, pipe, streamed = json.loads(await value_of(client, session, cell))
+        longer, short, pipe, streamed = json.loads(await value_of(client, session, cell))
         if passes:
-            assert "not sealed" in unsealed
+            assert (await client.get(f"/cache/{longer}/meta")).json()["row_count"] == 1000
             assert "not the announced frame" in short and "not the announced frame" in pipe
         meta = (await client.get(f"/cache/{streamed}/meta")).json()
         assert meta["row_count"] == 1000 and meta["lineage"]["kind"] == "save"

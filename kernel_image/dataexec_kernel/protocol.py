@@ -14,9 +14,10 @@ must agree on is here, once:
       broker -> kernel   {"ok": true, "cache_key": "..."}
       kernel -> broker   {"op": "put", ..., "mapped": true}
       broker -> kernel   {"ok": true} (go on) or an error (over a cap: nothing is sent)
-      kernel -> broker   one byte carrying a sealed memfd of n bytes (SCM_RIGHTS), or
-                         one byte and then the n bytes (no memfd to pass)
-      broker -> kernel   {"ok": true, "cache_key": "..."}
+      kernel -> broker   one byte carrying a memfd whose first n bytes are the stream
+                         (SCM_RIGHTS), or one byte and then the n bytes (no memfd to pass)
+      broker -> kernel   {"ok": true, "cache_key": "..."} (the memfd copied out: the
+                         kernel may write over it from then on)
       kernel -> broker   {"op": "sql", "query": "...", "params": {...} | null}
                          or {"op": "load", "key": "..."}
       broker -> kernel   head frame, then (when ok) an Arrow IPC stream, then a tail frame
@@ -74,7 +75,7 @@ class PutRequest(TypedDict):
     bytes: int
     kind: PutKind
     name: str | None
-    mapped: NotRequired[bool]  # the stream comes as a sealed memfd after the broker's go
+    mapped: NotRequired[bool]  # the stream comes in a memfd after the broker's go
 
 
 class LoadRequest(TypedDict):

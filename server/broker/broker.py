@@ -9,7 +9,8 @@ answer Arrow IPC streams, ``put`` takes one (a result, a ``save()``, a checkpoin
 cache and answers its key. A ``load`` that may be ``mapped`` is answered, while the key is in
 the cache's hot tier, with a read-only descriptor of its Arrow file passed over the socket
 (``SCM_RIGHTS``) instead of a stream: the kernel maps it, and no byte is copied through the
-socket or decoded from Parquet.
+socket or decoded from Parquet. A ``put`` passes a memfd the other way, which the kernel
+writes its next puts into as well: the broker copies the stream out before it answers.
 
 A query's result is also kept for the cache as it streams (while ``frame_memory_bytes`` has
 room for it) and spilled at its end: the tail frame names its key, so the frame ``sql()``
@@ -37,9 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import mmap
 import os
 import socket
 import stat
@@ -99,7 +98,6 @@ class _SocketSink:
         self.closed = True
 
 
-SEALED = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 MARKER_WAIT_S = 30.0  # a kernel that answers "go" with nothing is hung up on
 
 
@@ -136,19 +134,25 @@ async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Non
         loop.remove_reader(sock.fileno())
 
 
-def _map_sealed(fd: int, size: int) -> pa.Table:
-    """The Arrow stream in a memfd the kernel sealed (no write, no resize: it cannot change
-    under the reader), mapped without a copy."""
+def _copied_stream(fd: int, size: int) -> pa.Table:
+    """The Arrow stream in the first ``size`` bytes of a kernel's memfd, copied out first.
+
+    The kernel writes its next puts into the same memory, and may change it at any time:
+    nothing is read from it in place. Read, not mapped: a file the kernel shrinks meanwhile
+    gives a short read, never a SIGBUS in the server.
+    """
     info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size != size or size == 0:
+    if not stat.S_ISREG(info.st_mode) or info.st_size < size or size == 0:
         raise ValidationError("put: the descriptor is not the announced frame")
-    try:
-        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-    except OSError:
-        seals = 0
-    if seals & SEALED != SEALED:
-        raise ValidationError("put: the frame's memory is not sealed against writes")
-    return read_ipc(pa.py_buffer(mmap.mmap(fd, size, prot=mmap.PROT_READ)))
+    copy = pa.allocate_buffer(size)  # from pyarrow's pool, whose pages are reused
+    view = memoryview(copy)
+    done = 0
+    while done < size:
+        read = os.preadv(fd, [view[done:]], done)
+        if read == 0:
+            raise ValidationError("put: the descriptor is not the announced frame")
+        done += read
+    return read_ipc(copy)
 
 
 def _unique(names: list[str]) -> bool:
@@ -297,7 +301,7 @@ class Broker:
     async def _receive_mapped(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: int
     ) -> tuple[pa.Table, str]:
-        """A mapped put's frame: a sealed memfd holding the stream, mapped read-only; or,
+        """A mapped put's frame: a memfd holding the stream, copied out; or,
         when the kernel could not pass one, the stream itself after the marker byte. With
         the metrics' direction of the bytes."""
         # Reading stops before the kernel may send: the marker must not reach the stream.
@@ -310,7 +314,7 @@ class Broker:
         if fd is None:
             return read_ipc(await reader.readexactly(size)), "from_kernel"
         try:
-            return await asyncio.to_thread(_map_sealed, fd, size), "from_kernel_mapped"
+            return await asyncio.to_thread(_copied_stream, fd, size), "from_kernel_mapped"
         finally:
             os.close(fd)
 
