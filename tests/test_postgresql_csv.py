@@ -149,6 +149,8 @@ async def test_rows_wider_than_a_chunk_are_read_whole(database: QueryDatabase) -
     assert lengths.count(3_000_000) == 2 and lengths.count(5) == 998
     alone = await database.table("SELECT repeat(E'z\\n', 6000000) AS v")
     assert alone.column("v")[0].as_py() == "z\n" * 6_000_000
+    quotes = await database.table("SELECT repeat('\"', 5000000) AS v, 1 AS n")
+    assert quotes.column("v")[0].as_py() == '"' * 5_000_000
     await still_answers(database)
 
 

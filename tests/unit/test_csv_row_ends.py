@@ -74,3 +74,11 @@ def test_a_row_larger_than_a_chunk_is_one_chunk() -> None:
 
 def test_an_empty_copy_is_no_chunk() -> None:
     assert list(row_ends(lambda: b"")) == []
+
+
+def test_values_of_quotes_or_quoted_newlines_only_are_read_whole() -> None:
+    # What a query made to be slow sends: every byte a quote, or a newline inside quotes.
+    for value in ('"' * (3 * CHUNK_BYTES), "\n" * (3 * CHUNK_BYTES)):
+        rows = [["a"], [value], ["b", value], ["c"]]
+        text = csv_text(rows)
+        assert_whole_rows(text, list(row_ends(pieces_of(text, random.Random(2)))), rows)

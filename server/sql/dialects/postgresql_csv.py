@@ -62,6 +62,7 @@ SESSION = (
     "SET LOCAL extra_float_digits = 3; SET LOCAL client_encoding = 'UTF8'"
 )
 CHUNK_BYTES = 1 << 20  # CSV parsed per chunk; small enough to overlap with the COPY
+ROW_END_TRIES = 16  # newlines tried as a chunk's end, from the last one back
 _COLUMN = re.compile(r"In CSV column #(\d+): (.*)", re.S)
 
 
@@ -100,27 +101,31 @@ def csv_types(description: Any) -> list[pa.DataType] | None:
 
 def row_ends(source: Callable[[], bytes]) -> Iterator[bytes]:
     """The CSV text that ``source`` gives (b"" at its end) in chunks of whole rows, of about
-    ``CHUNK_BYTES`` (the last row that fits) or one row larger than that. A row ends at a
-    newline outside quotes: where the quotes since the chunk began are even (PostgreSQL
-    doubles a quote inside a quoted value).
+    ``CHUNK_BYTES`` or more. A row ends at a newline outside quotes: where the quotes since
+    the chunk began are even (PostgreSQL doubles a quote inside a quoted value).
+
+    Only the last ``ROW_END_TRIES`` newlines of what arrived are tried, each by counting
+    quotes in C: text of many quoted newlines or quotes (a value made to be slow) costs no
+    more than any other, its chunk just grows until a row ends in the last ones.
     """
     pending = bytearray()
     scanned, odd = 0, False  # pending[:scanned] was looked at; odd: its quotes are
     while data := source():
         pending += data
-        if len(pending) < CHUNK_BYTES:
+        if len(pending) - scanned < CHUNK_BYTES:
             continue
-        # Between quotes, the pieces of the new text are outside and inside in turn.
-        pieces = bytes(pending[scanned:]).split(b'"')
         cut, end = 0, len(pending)
-        for i in range(len(pieces) - 1, -1, -1):
-            start = end - len(pieces[i])
-            newline = pieces[i].rfind(b"\n") if (i % 2 == 1) == odd else -1
-            if newline >= 0:
-                cut = start + newline + 1
+        odd_at = odd ^ (pending.count(b'"', scanned) % 2 == 1)  # quotes odd before ``end``
+        odd = odd_at
+        for _ in range(ROW_END_TRIES):
+            newline = pending.rfind(b"\n", scanned, end)
+            if newline < 0:
                 break
-            end = start - 1
-        odd ^= len(pieces) % 2 == 0
+            odd_at ^= pending.count(b'"', newline, end) % 2 == 1
+            if not odd_at:
+                cut = newline + 1
+                break
+            end = newline
         scanned = len(pending)
         if cut:
             yield bytes(pending[:cut])
