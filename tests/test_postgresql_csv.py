@@ -21,6 +21,7 @@ from server.embedded.postgres import EmbeddedPostgres
 from server.errors import ExecutionError, ExecutionTimeout, OutputTooLarge
 from server.sql.database import QueryDatabase
 from server.sql.dialects import postgresql_csv
+from server.sql.errors import QueryCancelled
 from server.sql.streaming import QueryStream
 
 # Every type the CSV path takes, with the values whose text is easy to get wrong.
@@ -203,3 +204,22 @@ async def test_a_reader_that_stops_early_ends_the_copy(embedded_pg: EmbeddedPost
         await still_answers(database)
     finally:
         database.close()
+
+
+async def test_a_consumer_waiting_for_rows_sees_the_cancel(database: QueryDatabase) -> None:
+    # The schema comes before any row (the columns are asked for first): a consumer waiting
+    # for the first batch must end when the query is cancelled, not wait forever (the
+    # broker waited so, holding the query's slot, when a kernel hung up).
+    stream = database.start("SELECT g, pg_sleep(0.5)::text AS s FROM generate_series(1, 20) g")
+    await stream.ready()
+
+    async def consume() -> list[pa.RecordBatch]:
+        return [batch async for batch in stream]
+
+    waiting = asyncio.ensure_future(consume())
+    await asyncio.sleep(0.3)
+    stream.cancel()
+    with pytest.raises(QueryCancelled):
+        await asyncio.wait_for(waiting, 10)
+    await asyncio.wait_for(stream.closed(), 10)
+    await still_answers(database)

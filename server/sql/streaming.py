@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from server.errors import ExecutionError, OutputTooLarge
+from server.sql.errors import QueryCancelled
 
 CHUNK_ROWS = 65_536  # most rows of one batch
 FIRST_FETCH_ROWS = 16  # rows fetched before their size is known
@@ -113,7 +114,13 @@ class QueryStream:
         await self._ended.wait()
 
     def cancel(self) -> None:
-        """Stop the query in the database and the thread reading it. Idempotent."""
+        """Stop the query in the database and the thread reading it. Idempotent.
+
+        A consumer waiting for the next batch gets ``QueryCancelled``: the producer hands
+        over nothing once stopped, and its schema may have come long before.
+        """
+        if not self.done:
+            self._items.put_nowait(QueryCancelled())
         self.done = True
         self.stop.set()
         with self._lock:
