@@ -10,6 +10,7 @@ default period stalls interactive cells for tens of milliseconds.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.errors import SandboxUnavailable
+
+log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 10_000
@@ -139,17 +142,28 @@ class KernelCgroup:
                         pass
             time.sleep(0.01)
 
-    def remove(self) -> None:
-        """Kill what is left and remove the cgroup directories."""
-        self.kill_all()
+    def remove(self, timeout: float = 10.0) -> None:
+        """Kill what is left and remove the cgroup directories.
+
+        A fork bomb's processes can take seconds to leave a cgroup on a loaded host, and a
+        directory with processes in it cannot go (EBUSY): killed again until ``timeout``,
+        then left (with a warning) for ``orphan_cgroups`` at the next start, rather than
+        failing the request that discarded the kernel.
+        """
+        deadline = time.monotonic() + timeout
         for directory in self._dirs():
-            try:
-                directory.rmdir()
-            except FileNotFoundError:
-                pass
-            except OSError:
-                time.sleep(0.05)
-                directory.rmdir() if directory.exists() else None
+            while True:
+                self.kill_all()
+                try:
+                    directory.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    if time.monotonic() < deadline:
+                        time.sleep(0.05)
+                        continue
+                    log.warning("cgroup %s left behind: %s", directory, exc)
+                break
 
 
 def orphan_cgroups(parent: str, root: Path = CGROUP_ROOT) -> list[KernelCgroup]:
