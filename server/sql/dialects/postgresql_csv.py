@@ -9,18 +9,24 @@ against ADBC's 600-670 ms (bench/README.md).
 ``csv_types`` says whether a result can take this path: every column's type is one of
 ``ARROW_TYPES`` (integers, floats, booleans, text, dates and timestamps), whose CSV text
 pyarrow reads back to exactly the value ADBC would give. Anything else (numeric, intervals,
-arrays, json, ...) stays on ADBC, whose conversions ``arrow_types`` owns.
+arrays, json, ...) stays on ADBC, whose conversions ``arrow_types`` owns. ``faster_than_adbc``
+says whether it should: CSV is cheaper for integers, booleans and text, dearer for floats
+with decimals and timestamps (PostgreSQL's text for them), so a result of mostly those (a
+weather table: 1.29x ADBC's time through CSV) stays on ADBC.
 
 The COPY runs in a thread of its own, which writes into a pipe; the query's thread cuts
 what arrives into chunks of whole rows (``row_ends``) and parses each one, as a single
 block of pyarrow's (which refuses a row straddling two), while the next one arrives. The
-session settings that fix the text (ISO dates, UTC timestamps, exact floats: shortest since
-PostgreSQL 12, 17 digits before; UTF-8) are ``SET LOCAL`` in the query's read-only
-transaction, gone with it. PostgreSQL writes NULL as an empty field and an empty string as
-``""``, which the reader tells apart. A value pyarrow cannot read (a date of ``infinity``
-or BC, which ADBC refuses too) fails the query as ``ResultTypeError`` naming its column. A
-COPY that failed (the row cap, the timeout, a cancel) fails the query with the database's
-own error after the rows before it, never as a short result.
+settings that fix the text (ISO dates, exact floats: shortest since PostgreSQL 12, 17
+digits before; UTF-8) are set for the session in the same message as the describe, and
+undone by the pool's ``DISCARD ALL``; the query runs under the session's own TimeZone and
+date order, as on ADBC. The connection runs in autocommit, each statement a read-only
+transaction of its own (``default_transaction_read_only``): three round trips (describe,
+COPY, reset) where a transaction took six. PostgreSQL writes NULL as an empty field and an
+empty string as ``""``, which the reader tells apart. A value pyarrow cannot read (a date
+of ``infinity`` or BC, which ADBC refuses too) fails the query as ``ResultTypeError``
+naming its column. A COPY that failed (the row cap, the timeout, a cancel) fails the query
+with the database's own error after the rows before it, never as a short result.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, wait
 from typing import Any
 
 import pyarrow as pa
@@ -57,35 +64,62 @@ ARROW_TYPES: dict[int, pa.DataType] = {
     1184: pa.timestamp("us", tz="UTC"),
 }
 VARIABLE_WIDTH = {25, 1042, 1043}  # of those, the types whose values may be large
-SESSION = (
-    "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL TimeZone = 'UTC'; "
-    "SET LOCAL extra_float_digits = 3; SET LOCAL client_encoding = 'UTF8'"
-)
+# What a value of each type costs through CSV against ADBC, in ns (less than 0: CSV is
+# cheaper), and a row besides, fitted on one and eight columns of each type over flights'
+# 336,776 rows (bench/README.md). Floats count as with decimals: integral ones cost -43.
+CSV_COST_NS: dict[int, int] = {
+    **{oid: -19 for oid in (20, 21, 23)},  # integers
+    **{oid: -29 for oid in (19, 25, 1042, 1043)},  # text
+    16: -15,  # boolean
+    1082: -4,  # date
+    700: 35,  # floats
+    701: 35,
+    1114: 38,  # timestamp
+    1184: 99,  # timestamptz
+}
+CSV_ROW_COST_NS = 20
+TIMESTAMPTZ = 1184
+# The text the reader expects (ISO dates, exact floats, UTF-8). Only DateStyle's output
+# part is set: the query reads dates as the session's order says (MDY, DMY), as on ADBC.
+SESSION = "SET DateStyle = 'ISO'; SET extra_float_digits = 3; SET client_encoding = 'UTF8'"
 CHUNK_BYTES = 1 << 20  # CSV parsed per chunk; small enough to overlap with the COPY
 ROW_END_TRIES = 16  # newlines tried as a chunk's end, from the last one back
 _COLUMN = re.compile(r"In CSV column #(\d+): (.*)", re.S)
+FEW_ROWS = 10_000
+# The outermost query's LIMIT: nothing after it but an OFFSET and a semicolon.
+_LIMIT = re.compile(r"\blimit\s+(\d+)(?:\s+offset\s+\d+)?\s*;?\s*\Z", re.I)
 
 
-def capped(query: str, description: Any, cap: int) -> str:
-    """``query`` with its columns named by position and every row whose variable-width
-    values hold more than ``cap`` bytes refused by PostgreSQL, as ``ROW_TOO_LARGE`` says.
+def copy_query(query: str, description: Any, cap: int) -> str:
+    """``query`` as the COPY reads it: its columns by position, a timestamp with a time zone
+    as the UTC time (as ADBC gives it; the query itself runs in the session's TimeZone), and
+    every row whose variable-width values hold more than ``cap`` bytes refused by
+    PostgreSQL, as ``ROW_TOO_LARGE`` says.
 
-    Cheaper than the whole-row ``pg_column_size`` of ``PostgreSQL.bounded`` (measured on
-    flights: 15-30 ms against 65-75 ms added to a 335 ms COPY), which builds each row as a
-    composite value; the fixed-width columns, at most 8 bytes each, are left out.
+    The cap is cheaper than the whole-row ``pg_column_size`` of ``PostgreSQL.bounded``
+    (measured on flights: 15-30 ms against 65-75 ms added to a 335 ms COPY), which builds
+    each row as a composite value; the fixed-width columns, at most 8 bytes each, are left out.
     """
-    columns = ", ".join(f"c{i}" for i in range(len(description)))
+    columns = [f"c{i}" for i in range(len(description))]
+    outputs = ", ".join(
+        f"{name} AT TIME ZONE 'UTC'" if column.type_code == TIMESTAMPTZ else name
+        for name, column in zip(columns, description, strict=True)
+    )
+    named = f"AS dataexec_row({', '.join(columns)})"
     sizes = " + ".join(
-        f"coalesce(pg_column_size(c{i}), 0)"
-        for i, column in enumerate(description)
+        f"coalesce(pg_column_size({name}), 0)"
+        for name, column in zip(columns, description, strict=True)
         if column.type_code in VARIABLE_WIDTH
     )
-    rows = f"SELECT * FROM (\n{query}\n) AS dataexec_row({columns})"
     if not sizes:
-        return rows
+        return f"SELECT {outputs} FROM (\n{query}\n) {named}"
+    # OFFSET 0 keeps the condition on the query's rows: PostgreSQL would otherwise push it
+    # below a GROUP BY or DISTINCT on those columns, onto every row scanned (4-6 ms more for
+    # a GROUP BY of flights' 336,776 rows into 16).
+    rows = f"SELECT * FROM (\n{query}\n) AS dataexec_query OFFSET 0"
     # The CASE's cast runs only for a row over the cap (not folded: it is not constant).
     return (
-        f"{rows} WHERE CASE WHEN {sizes} > {cap} "
+        f"SELECT {outputs} FROM ({rows}) {named} WHERE CASE WHEN {sizes} > {cap} "
         f"THEN ('{ROW_TOO_LARGE} ' || ({sizes}))::int = 0 ELSE true END"
     )
 
@@ -97,6 +131,19 @@ def csv_types(description: Any) -> list[pa.DataType] | None:
     if not types or any(t is None for t in types):
         return None
     return [t for t in types if t is not None]
+
+
+def few_rows(query: str) -> bool:
+    """Whether ``query`` ends in a ``LIMIT`` of at most ``FEW_ROWS``: a result so small that
+    asking for its columns first (a round trip and a reset) costs more than CSV can gain."""
+    limit = _LIMIT.search(query)
+    return limit is not None and int(limit.group(1)) <= FEW_ROWS
+
+
+def faster_than_adbc(description: Any) -> bool:
+    """Whether a result of these columns (all with a CSV path) is read faster as CSV."""
+    cost = CSV_ROW_COST_NS + sum(CSV_COST_NS[column.type_code] for column in description)
+    return cost < 0
 
 
 def row_ends(source: Callable[[], bytes]) -> Iterator[bytes]:
@@ -137,9 +184,9 @@ def row_ends(source: Callable[[], bytes]) -> Iterator[bytes]:
 
 class CsvCopy:
     """One ``COPY (query) TO STDOUT (FORMAT csv)`` on ``cursor``, written into a pipe by a
-    thread of its own; ``reader`` parses the other end into record batches."""
+    thread of ``copies``; ``reader`` parses the other end into record batches."""
 
-    def __init__(self, cursor: Any, query: str) -> None:
+    def __init__(self, cursor: Any, query: str, copies: Executor) -> None:
         self.cursor = cursor
         self.error: BaseException | None = None
         self.finished = False  # the reader saw the end of the COPY
@@ -148,10 +195,13 @@ class CsvCopy:
             fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, CHUNK_BYTES)
         # psycopg2 writes each row on its own: a buffered file takes them in C.
         sink = os.fdopen(write_fd, "wb", buffering=CHUNK_BYTES)
-        self.thread = threading.Thread(
-            target=self._copy, args=(f"COPY ({query}) TO STDOUT (FORMAT csv)", sink), name="copy"
-        )
-        self.thread.start()
+        statement = f"COPY ({query}) TO STDOUT (FORMAT csv)"
+        try:
+            self.done = copies.submit(self._copy, statement, sink)
+        except BaseException:  # the executor is shut down: the server is stopping
+            sink.close()
+            self.close()
+            raise
 
     def _copy(self, statement: str, sink: Any) -> None:
         try:
@@ -165,24 +215,26 @@ class CsvCopy:
     def abandon(self, cancel: Callable[[], None]) -> None:
         """Stop the COPY: in the database, and its thread (perhaps blocked on a full pipe,
         which closing the reading end breaks)."""
-        if self.thread.is_alive():
+        if not self.done.done():
             with contextlib.suppress(Exception):
                 cancel()
         self.close()
-        self.thread.join()
+        wait([self.done])
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.source)
 
-    def reader(self, names: list[str], types: list[pa.DataType]) -> Iterator[pa.RecordBatch]:
-        """The result's batches, as ``names`` and ``types`` say."""
-        schema = pa.schema(list(zip(names, types, strict=True)))
+    def reader(self, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+        """The result's batches, of ``schema``."""
+        names = schema.names
         # Columns go by position: a result may repeat a name (two ``?column?``).
         keys = [f"c{i}" for i in range(len(names))]
+        # A timestamp with a time zone comes as its UTC time, without an offset (copy_query).
+        read_as = [pa.timestamp(t.unit) if pa.types.is_timestamp(t) else t for t in schema.types]
         parse = pcsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False)
         convert = pcsv.ConvertOptions(
-            column_types=dict(zip(keys, types, strict=True)),
+            column_types=dict(zip(keys, read_as, strict=True)),
             null_values=[""],
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
@@ -203,8 +255,12 @@ class CsvCopy:
             except pa.ArrowInvalid as exc:  # the text ended short, or a value is unreadable
                 raise self.error if self.error is not None else _unreadable(exc, names) from None
             for batch in table.to_batches():
-                yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
-        self.thread.join()
+                columns = [
+                    c.cast(t) if c.type != t else c
+                    for c, t in zip(batch.columns, schema.types, strict=True)
+                ]
+                yield pa.RecordBatch.from_arrays(columns, schema=schema)
+        wait([self.done])
         self.finished = True
         if self.error is not None:  # the COPY failed (the row cap, the timeout, a cancel)
             raise self.error
@@ -224,10 +280,19 @@ def _unreadable(exc: Exception, names: list[str]) -> ExecutionError:
     )
 
 
-def read(raw: Any, query: str, stream: QueryStream, max_row_bytes: int) -> ClosingReader | None:
-    """``query``'s batches through CSV COPY on ``raw`` (a pooled psycopg2 connection), or
-    None (``raw`` given back) when a column's type has no CSV path. A row over
-    ``max_row_bytes`` fails the query in the database (``capped``).
+def read(
+    raw: Any,
+    query: str,
+    stream: QueryStream,
+    max_row_bytes: int,
+    copies: Executor,
+    faster: Callable[[Any], bool] = faster_than_adbc,
+) -> ClosingReader | None:
+    """``query``'s batches through CSV COPY on ``raw`` (a pooled psycopg2 connection, whose
+    reset on return forgets the session's settings), or None (``raw`` given back) when a
+    column's type has no CSV path or the columns are read ``faster`` by ADBC. A row over
+    ``max_row_bytes`` fails the query in the database (``copy_query``); the COPY runs in a
+    thread of ``copies``.
 
     Closing the reader releases ``raw``: back to the pool after a clean COPY, else
     discarded (left mid-COPY, or a cancel request may still reach it).
@@ -240,22 +305,27 @@ def read(raw: Any, query: str, stream: QueryStream, max_row_bytes: int) -> Closi
 
     stream.cancel_with(cancel)
     try:
+        raw.dbapi_connection.autocommit = True
         with contextlib.closing(raw.cursor()) as cursor:
-            cursor.execute(SESSION)
-            # the result's columns, no row read
-            cursor.execute(f"SELECT * FROM (\n{query}\n) AS dataexec_row LIMIT 0")
+            # the settings, and the result's columns with no row read: one round trip
+            cursor.execute(f"{SESSION};\nSELECT * FROM (\n{query}\n) AS dataexec_row LIMIT 0")
             description = cursor.description or ()
         types = csv_types(description)
     except BaseException:
         stream.cancel_with(None)
         raw.invalidate() if cancelled.is_set() else raw.close()
         raise
-    if types is None:
+    if types is None or not faster(description):
         stream.cancel_with(None)
         raw.close()
         return None
     names = [column.name for column in description]
-    copy = CsvCopy(raw.cursor(), capped(query, description, max_row_bytes))
+    try:
+        copy = CsvCopy(raw.cursor(), copy_query(query, description, max_row_bytes), copies)
+    except BaseException:
+        stream.cancel_with(None)
+        raw.close()
+        raise
     stack = contextlib.ExitStack()
 
     @stack.push
@@ -269,4 +339,4 @@ def read(raw: Any, query: str, stream: QueryStream, max_row_bytes: int) -> Closi
         raw.invalidate()
 
     schema = pa.schema(list(zip(names, types, strict=True)))
-    return ClosingReader(schema, copy.reader(names, types), stack)
+    return ClosingReader(schema, copy.reader(schema), stack)
