@@ -187,11 +187,13 @@ def memfd(data):
     return fd
 
 read_end, _ = os.pipe()
+write_only = os.open(f'/proc/self/fd/{memfd(body)}', os.O_WRONLY)
 outcomes = [
     put(lambda s: socket.send_fds(s, [b'\\0'], [memfd(body + b'left from a larger put')])),
     put(lambda s: socket.send_fds(s, [b'\\0'], [memfd(body[:-8])])),
     put(lambda s: socket.send_fds(s, [b'\\0'], [read_end])),
-] if DESCRIPTORS else [None, None, None]
+    put(lambda s: socket.send_fds(s, [b'\\0'], [write_only])),
+] if DESCRIPTORS else [None, None, None, None]
 outcomes.append(put(lambda s: s.sendall(b'\\0' + body)))
 json.dumps(outcomes)
 """
@@ -224,10 +226,13 @@ async def test_put_copies_from_a_kept_memfd_and_refuses_any_other_descriptor(
         assert (await client.get(f"/cache/{other}/meta")).json()["row_count"] == 150_000
 
         cell = f"DESCRIPTORS = {passes}\n" + HAND_PUT
-        longer, short, pipe, streamed = json.loads(await value_of(client, session, cell))
+        longer, short, pipe, write_only, streamed = json.loads(
+            await value_of(client, session, cell)
+        )
         if passes:
             assert (await client.get(f"/cache/{longer}/meta")).json()["row_count"] == 1000
             assert "not the announced frame" in short and "not the announced frame" in pipe
+            assert "the descriptor cannot be read" in write_only
         meta = (await client.get(f"/cache/{streamed}/meta")).json()
         assert meta["row_count"] == 1000 and meta["lineage"]["kind"] == "save"
         assert moved(after, await scrape(api), "put", "from_kernel") > 0

@@ -148,7 +148,10 @@ def _copied_stream(fd: int, size: int) -> pa.Table:
     view = memoryview(copy)
     done = 0
     while done < size:
-        read = os.preadv(fd, [view[done:]], done)
+        try:
+            read = os.preadv(fd, [view[done:]], done)
+        except OSError as exc:  # open for writing only, say
+            raise ValidationError(f"put: the descriptor cannot be read ({exc.strerror})") from None
         if read == 0:
             raise ValidationError("put: the descriptor is not the announced frame")
         done += read
