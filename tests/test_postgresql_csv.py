@@ -372,26 +372,38 @@ async def test_each_statement_of_the_csv_path_is_read_only(database: QueryDataba
     await still_answers(database)
 
 
-async def test_a_pooled_connection_that_died_while_idle_is_replaced(
-    database: QueryDatabase, embedded_pg: EmbeddedPostgres
-) -> None:
-    # A connection back from a query just now is used without a ping; one idle for longer
-    # is pinged first, and a dead one replaced (a database restart, a proxy's idle kill).
-    await still_answers(database)
+def terminate_queries_of(embedded_pg: EmbeddedPostgres) -> int:
+    """Drop every connection of the query role, as a database restart does."""
     admin = sa.create_engine(embedded_pg.superuser_url)
     try:
         with admin.connect() as conn:
-            killed = conn.execute(
-                sa.text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE usename = :role AND pid <> pg_backend_pid()"
-                ),
-                {"role": embedded_pg.query_url.username},
-            ).scalar_one()
+            return int(
+                conn.execute(
+                    sa.text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE usename = :role AND pid <> pg_backend_pid()"
+                    ),
+                    {"role": embedded_pg.query_url.username},
+                ).scalar_one()
+            )
     finally:
         admin.dispose()
-    assert killed >= 1
+
+
+async def test_pooled_connections_the_database_dropped_are_replaced(
+    database: QueryDatabase, embedded_pg: EmbeddedPostgres
+) -> None:
+    # Given back just now: used without a ping, it fails at the describe, and the query
+    # goes on with a new connection.
+    await still_answers(database)
+    assert terminate_queries_of(embedded_pg) >= 1
+    await still_answers(database)
+    # Idle for longer: pinged first, and replaced (a restart, a proxy's idle kill), on
+    # every path (one with parameters does not try again).
+    assert terminate_queries_of(embedded_pg) >= 1
     await asyncio.sleep(PING_AFTER_IDLE_S + 0.2)
+    with_params = "SELECT count(*)::int AS n FROM airlines WHERE :one = 1"
+    assert (await database.table(with_params, {"one": 1})).column("n").to_pylist() == [16]
     await still_answers(database)
 
 

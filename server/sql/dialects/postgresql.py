@@ -184,9 +184,7 @@ class PostgreSQL(Dialect):
     ) -> ClosingReader:
         # A query (its columns can be asked for) whose result may be large enough for CSV
         if not params and _QUERY.match(query) and not postgresql_csv.few_rows(query):
-            cap = int(self.settings.sql_max_row_bytes)
-            raw = self.engine.raw_connection()
-            csv = postgresql_csv.read(raw, query, stream, cap, self.copies)
+            csv = self._read_csv(query, stream)
             if csv is not None:
                 return csv
         query = self.bounded(query)
@@ -211,6 +209,22 @@ class PostgreSQL(Dialect):
             schema, convert = arrow_types.plain(reader.schema)
             batches = reader if convert is None else map(convert, reader)
             return ClosingReader(schema, batches, stack, close_first=reader.close)
+        raise AssertionError("unreachable")
+
+    def _read_csv(self, query: str, stream: QueryStream) -> ClosingReader | None:
+        cap = int(self.settings.sql_max_row_bytes)
+        # A connection given back within PING_AFTER_IDLE_S is not pinged: one the database
+        # dropped meanwhile (a restart) fails at the describe, before anything ran. The
+        # pool's other connections are then as old: it is replaced, and the query tried once
+        # more on a new connection.
+        for retry in (False, True):
+            raw = self.engine.raw_connection()
+            try:
+                return postgresql_csv.read(raw, query, stream, cap, self.copies)
+            except Exception as exc:
+                if retry or not is_connection_failure(str(exc)):
+                    raise
+                self.engine.dispose(close=False)
         raise AssertionError("unreachable")
 
     def close(self) -> None:
