@@ -372,20 +372,21 @@ async def test_each_statement_of_the_csv_path_is_read_only(database: QueryDataba
     await still_answers(database)
 
 
-def terminate_queries_of(embedded_pg: EmbeddedPostgres) -> int:
-    """Drop every connection of the query role, as a database restart does."""
+def backends_of_the_query_role(embedded_pg: EmbeddedPostgres, terminate: set[int]) -> set[int]:
+    """The query role's backends, after ending those in ``terminate`` as a restart would.
+
+    Only this test's own: other tests' engines share the cluster and keep connections.
+    """
     admin = sa.create_engine(embedded_pg.superuser_url)
     try:
         with admin.connect() as conn:
-            return int(
-                conn.execute(
-                    sa.text(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE usename = :role AND pid <> pg_backend_pid()"
-                    ),
-                    {"role": embedded_pg.query_url.username},
-                ).scalar_one()
+            for pid in terminate:
+                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            rows = conn.execute(
+                sa.text("SELECT pid FROM pg_stat_activity WHERE usename = :role"),
+                {"role": embedded_pg.query_url.username},
             )
+            return {row.pid for row in rows}
     finally:
         admin.dispose()
 
@@ -393,14 +394,18 @@ def terminate_queries_of(embedded_pg: EmbeddedPostgres) -> int:
 async def test_pooled_connections_the_database_dropped_are_replaced(
     database: QueryDatabase, embedded_pg: EmbeddedPostgres
 ) -> None:
+    others = backends_of_the_query_role(embedded_pg, set())
+    await still_answers(database)
     # Given back just now: used without a ping, it fails at the describe, and the query
     # goes on with a new connection.
-    await still_answers(database)
-    assert terminate_queries_of(embedded_pg) >= 1
+    ours = backends_of_the_query_role(embedded_pg, set()) - others
+    assert ours
+    backends_of_the_query_role(embedded_pg, ours)
     await still_answers(database)
     # Idle for longer: pinged first, and replaced (a restart, a proxy's idle kill), on
     # every path (one with parameters does not try again).
-    assert terminate_queries_of(embedded_pg) >= 1
+    ours = backends_of_the_query_role(embedded_pg, set()) - others
+    backends_of_the_query_role(embedded_pg, ours)
     await asyncio.sleep(PING_AFTER_IDLE_S + 0.2)
     with_params = "SELECT count(*)::int AS n FROM airlines WHERE :one = 1"
     assert (await database.table(with_params, {"one": 1})).column("n").to_pylist() == [16]
