@@ -198,6 +198,40 @@ async def test_non_frame_results_give_no_data(client: httpx.AsyncClient, session
     assert {"output_type": "stream", "name": "stderr", "text": "oops\n"} in printed["outputs"]
 
 
+async def test_outputs_keep_the_order_they_were_flushed_in(
+    client: httpx.AsyncClient, session_id: str
+) -> None:
+    # The kernel skips flushes with nothing waiting (dataexec_kernel/flushes.py): one that
+    # has text waiting must still send it before what comes after it.
+    code = (
+        "import sys, threading\n"
+        "for i in range(3):\n"
+        "    print(f'out{i}', flush=True)\n"
+        "    print(f'err{i}', file=sys.stderr, flush=True)\n"
+        "t = threading.Thread(target=lambda: print('thread', flush=True)); t.start(); t.join()\n"
+        "display('shown')\n"
+        "print('last')\n"
+        "42"
+    )
+    answer = await ok(client, session_id, code)
+    seen = [
+        (o["output_type"], o.get("name") or o.get("data", {}).get("text/plain"), o.get("text"))
+        for o in answer["outputs"]
+    ]
+    assert seen == [
+        ("stream", "stdout", "out0\n"),
+        ("stream", "stderr", "err0\n"),
+        ("stream", "stdout", "out1\n"),
+        ("stream", "stderr", "err1\n"),
+        ("stream", "stdout", "out2\n"),
+        ("stream", "stderr", "err2\n"),
+        ("stream", "stdout", "thread\n"),
+        ("display_data", "'shown'", None),
+        ("stream", "stdout", "last\n"),
+        ("execute_result", "42", None),
+    ]
+
+
 async def test_max_rows_truncates_the_preview_not_the_count(
     client: httpx.AsyncClient, session_id: str
 ) -> None:

@@ -17,6 +17,7 @@ anything heavy, and the helpers are imported when first used.
 Modules and their arrows (each imports only those to its right):
     __main__ -> capture -> helpers, frames -> broker, placeholders -> protocol -> errors
     __main__ -> threads (a thread's output goes to the cell that started it)
+    __main__ -> flushes (a flush with nothing to send costs nothing)
 """
 
 from __future__ import annotations

@@ -31,11 +31,15 @@ def main() -> None:
     config.HistoryManager.enabled = False
     config.InteractiveShell.colors = "nocolor"
     config.IPKernelApp.quiet = True
+    # ipykernel sleeps 0.5 ms before each reply, for clients that stop reading at the reply;
+    # the server reads until the idle status, which comes after every output (see flushes).
+    config.IPythonKernel._execute_sleep = 0.0
     app = IPKernelApp.instance(config=config)
     app.initialize(sys.argv[1:])
-    from dataexec_kernel import threads
+    from dataexec_kernel import flushes, threads
 
     threads.install()  # after initialize: the kernel's own threads are running
+    flushes.install()
     app.start()
 
 

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import zmq.asyncio
+import zmq
 from dataexec_kernel import protocol
 
 from server.config import PoolSettings, Settings
@@ -277,7 +277,7 @@ class KernelLauncher:
         self.sandbox = sandbox
         self.lib_dir = lib_dir
         self.env = {k: v for k, v in env.items() if k in ENV_ALLOW_LIST}
-        self.context = zmq.asyncio.Context()
+        self.context: zmq.Context[Any] = zmq.Context()
         # Starting a kernel is ~0.75 s of cpu: more starts at once than cores only makes
         # every waiter wait for the slowest (measured: a burst of 10 all answered at ~4 s).
         self.starting = asyncio.Semaphore(os.cpu_count() or 1)
