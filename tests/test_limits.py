@@ -7,11 +7,14 @@ session gets a fresh kernel on its next request, and a bystander session notices
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from dataexec_testing.api import OPERATOR_TOKEN, RunningServer, assert_error, ok, run, value_of
+
+from server.errors import OutputTooLarge
 
 
 @pytest.fixture
@@ -139,6 +142,31 @@ async def test_one_huge_message_answers_output_too_large(
 ) -> None:
     assert_error(await run(client, small, "'y' * 5_000_000"), 400, "OUTPUT_TOO_LARGE")
     await assert_replaced(client, small, "output_too_large")
+
+
+async def test_the_first_cell_of_a_kernel_started_for_it_sees_its_channel_drop(
+    api: RunningServer,
+) -> None:
+    # A kernel handed to a waiter (``small`` keeps none idle) gets no health check before
+    # its first cell, and a ZMQ socket's descriptor wakes for a message only once a read has
+    # found the socket empty. Unless the client reads each socket as it connects, the
+    # monitor's one event (the channel dropped under a message over the size cap) went
+    # unseen, and the cell ran into its timeout (seen in the attack suite, 1 run of 2).
+    pool = api.runtime.pools["small"]
+    kernel = await pool.acquire("acme")
+    huge = (
+        "k = get_ipython().kernel\n"
+        "k.session.send(k.iopub_socket, 'stream', {'name': 'stdout', 'text': 'x' * 3_000_000},"
+        " parent=k.get_parent())\n"
+        "4"
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(OutputTooLarge, match="single output message"):
+            await kernel.run(huge, {}, api.settings.output_limit_bytes)
+        assert time.monotonic() - started < pool.settings.timeout_s
+    finally:
+        pool.release(kernel)
 
 
 async def test_full_pool_answers_capacity_with_retry_after(

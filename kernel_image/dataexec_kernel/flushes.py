@@ -3,10 +3,10 @@
 ipykernel flushes both streams three times a cell (before the result, before the reply,
 before the idle status), and each flush is a round trip to its IOPub thread: the text
 waiting, then an event the caller waits for. With nothing waiting that round trip sends
-nothing, and it was most of a short cell's time in the kernel: a ``1+1`` took 5.5 ms in a
-kernel on two cores, 3.4 ms without the empty flushes and ipykernel's 0.5 ms sleep before
-each reply (``_execute_sleep``, switched off in ``__main__``; medians of 400 alternating on
-one kernel, bench/README.md).
+nothing, and it was half of a short cell's time in the kernel: of the 5.2 ms a ``1+1``
+spent in ipykernel's request handler, the six flushes took 2.7 ms and the sleep ipykernel
+takes before each reply (``_execute_sleep``, switched off in ``__main__``) 0.6 ms; the
+handler now takes 2.0 ms (timers around its methods, medians of 300; bench/README.md).
 
 Order is kept: text written before the flush is waiting, so that flush is a real one, and
 every message the kernel sends later goes through the same IOPub thread behind it. Text a

@@ -249,6 +249,9 @@ class KernelClient:
         for sock in (self.shell, self.iopub, *self.monitors):
             self._loop.add_reader(sock.FD, self._readable, sock)
             self._read.append(sock)
+            # A socket's descriptor wakes for a message only once a read has found it empty:
+            # until then the first message (a monitor's only event) would wait unseen.
+            self._readable(sock)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -272,6 +275,10 @@ class KernelClient:
                 self._waiter.take(sock is self.shell, frames, self)
         # More may wait: read on after the loop has run whatever else is ready.
         self._loop.call_soon(self._readable, sock)
+
+    def _read_all(self) -> None:
+        for sock in self._read:
+            self._readable(sock)
 
     def _send(self, sock: zmq.Socket[bytes], msg_type: str, content: dict[str, Any]) -> str:
         sent = self.session.send(sock, msg_type, content)
@@ -380,8 +387,10 @@ class KernelClient:
                 if remaining <= 0:
                     raise ExecutionTimedOut()
                 await collection.wait(min(remaining, ALIVE_CHECK_S))
-                if not collection.finished and not await alive():
-                    raise ChannelLost()
+                if not collection.finished:
+                    self._read_all()  # what a descriptor did not wake for (see __init__)
+                    if not collection.finished and not await alive():
+                        raise ChannelLost()
         finally:
             self._waiter = None
         if collection.error is not None:
