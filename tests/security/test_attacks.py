@@ -312,7 +312,7 @@ async def test_attack_is_stopped_and_nothing_is_lost(arena: Arena, case: Case) -
     BASELINE[arena.sandbox] = (measured[0], measured[1] + 1)
     baseline, slowest = measured[0], await attack(arena, case, measured[0])
     if slowest >= 2 * baseline:
-        # A p95 of ~20 steps can catch one stall of the machine: an attack that really slows
+        # A p95 of a short window can catch one stall of the machine: an attack that really slows
         # the victim does it again, against a baseline measured just before.
         baseline = await benign_neighbour(arena)
         BASELINE[arena.sandbox] = (baseline, 1)
