@@ -30,7 +30,7 @@ import memory
 import sql
 from harness import BenchServer, Figure
 
-SANDBOXES = ("bubblewrap", "docker")
+SANDBOXES = ("bubblewrap", "zygote", "docker")
 DOCKER_IMAGE = os.environ.get("DATAEXEC_DOCKER_IMAGE", "dataexec-kernel:latest")
 
 

@@ -7,6 +7,7 @@ timeouts). Each client loops over weighted kinds of work until the time is up:
 
 - ``session``: create a session, then 3-8 steps (SQL into a frame, pandas filter, groupby,
   now and then a cell that raises), a notebook download, and the session's end;
+- ``chart``: a session whose first cell draws a chart (``first_chart``), then its end;
 - ``python``: sessionless Python (a fresh kernel, discarded after);
 - ``sql``: sessionless SQL (in the server);
 - ``on_data``: execute-on-data on literal rows;
@@ -47,7 +48,16 @@ timeout_s = 2
 """
 CLIENTS = 8
 # kind -> weight in each client's choice
-KINDS = {"session": 5, "python": 2, "sql": 3, "on_data": 2, "download": 2, "timeout": 1}
+KINDS = {
+    "session": 5,
+    "chart": 1,
+    "python": 2,
+    "sql": 3,
+    "on_data": 2,
+    "download": 2,
+    "timeout": 1,
+}
+CHART = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()"
 STEPS = [
     "f = sql('SELECT origin, dest, carrier, dep_delay, arr_delay FROM flights "
     "WHERE month = {month}')",
@@ -113,6 +123,22 @@ class Soak:
         self.record("notebook", started, http.get(f"/sessions/{session}/notebook"))
         started = time.perf_counter()
         self.record("session_end", started, http.delete(f"/sessions/{session}"))
+
+    def chart(self, http: httpx.Client, rng: random.Random) -> None:
+        started = time.perf_counter()
+        created = self.record("session_create", started, http.post("/sessions", json={}))
+        session = created.get("session_id")
+        if not session:
+            return
+        started = time.perf_counter()
+        answer = http.post(f"/sessions/{session}/execute", json={"code": CHART})
+        body = self.record("first_chart", started, answer)
+        if answer.status_code == 200 and not any(
+            "image/png" in output.get("data", {}) for output in body.get("outputs", [])
+        ):
+            with self.lock:
+                self.errors["chart without image/png"] += 1
+        http.delete(f"/sessions/{session}")
 
     def python(self, http: httpx.Client, rng: random.Random) -> None:
         code = f"pd.DataFrame({{'x': range({rng.randint(10, 10_000)})}}).x.sum()"
@@ -249,7 +275,7 @@ def run(sandbox: str, minutes: float) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sandbox", default="docker", choices=["docker", "bubblewrap"])
+    parser.add_argument("--sandbox", default="docker", choices=["docker", "bubblewrap", "zygote"])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--json", metavar="PATH", help="write the report here too")
     args = parser.parse_args(argv)

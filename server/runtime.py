@@ -48,20 +48,24 @@ log = logging.getLogger(__name__)
 
 
 async def choose_sandbox(settings: Settings) -> Sandbox:
-    """The configured sandbox; for ``auto``, Docker when it can run kernels, else bubblewrap."""
-    from server.kernels.bubblewrap import BubblewrapSandbox
-
+    """The configured sandbox; for ``auto``, Docker when it can run kernels, else the zygote."""
     choice = settings.sandbox
     if choice == "none":
         from server.kernels.unsandboxed import UnsandboxedSandbox
 
         return UnsandboxedSandbox(settings)
+    if choice == "bubblewrap":
+        from server.kernels.bubblewrap import BubblewrapSandbox
+
+        return BubblewrapSandbox(settings)
     if choice in ("docker", "auto"):
         from server.kernels.docker import DockerSandbox
 
         if choice == "docker" or await asyncio.to_thread(DockerSandbox.available, settings):
             return DockerSandbox(settings)
-    return BubblewrapSandbox(settings)
+    from server.kernels.zygote import ZygoteSandbox
+
+    return ZygoteSandbox(settings)
 
 
 class Runtime:

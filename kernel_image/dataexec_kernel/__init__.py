@@ -18,6 +18,7 @@ Modules and their arrows (each imports only those to its right):
     __main__ -> capture -> helpers, frames -> broker, placeholders -> protocol -> errors
     __main__ -> threads (a thread's output goes to the cell that started it)
     __main__ -> flushes (a flush with nothing to send costs nothing)
+    zygote -> __main__ (the zygote sandbox's template: forks kernels, each confining itself)
 """
 
 from __future__ import annotations

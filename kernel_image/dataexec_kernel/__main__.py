@@ -36,6 +36,10 @@ def main() -> None:
     config.IPythonKernel._execute_sleep = 0.0
     app = IPKernelApp.instance(config=config)
     app.initialize(sys.argv[1:])
+    if "matplotlib.pyplot" in sys.modules:
+        # Imported before the shell existed (a zygote's kernel): the inline backend found
+        # no shell to show figures in, so hook it up now.
+        app.shell.run_line_magic("matplotlib", "inline")
     from dataexec_kernel import flushes, threads
 
     threads.install()  # after initialize: the kernel's own threads are running

@@ -173,9 +173,10 @@ class Settings:
     )
     sandbox: str = setting(
         "auto",
-        "Kernel sandbox: docker, bubblewrap, auto (docker when an engine answers and the kernel "
-        "image exists, else bubblewrap) or none (insecure).",
-        choices=("auto", "docker", "bubblewrap", "none"),
+        "Kernel sandbox: docker, zygote (kernels forked from a warm template, each confining "
+        "itself as bubblewrap would), bubblewrap, auto (docker when an engine answers and the "
+        "kernel image exists, else zygote) or none (insecure).",
+        choices=("auto", "docker", "bubblewrap", "zygote", "none"),
     )
     insecure_no_sandbox: bool = setting(
         False,
@@ -183,15 +184,22 @@ class Settings:
     )
     kernel_env: Path = setting(
         "/opt/dataexec/kernel-env",
-        "Python environment the bubblewrap sandbox runs kernels from (made by `dataexec "
-        "kernel-env`).",
+        "Python environment the zygote and bubblewrap sandboxes run kernels from (made by "
+        "`dataexec kernel-env`).",
     )
     kernel_uid: int = setting(
-        60001, "Unprivileged uid (and gid) kernels run as, in both sandboxes.", minimum=1
+        60001, "Unprivileged uid (and gid) kernels run as, in every sandbox.", minimum=1
+    )
+    zygote_renew_after: int = setting(
+        64,
+        "Kernels the zygote sandbox forks from one template before a fresh template takes over "
+        "(kernels of one template share its hash seed and address layout).",
+        minimum=1,
     )
     cgroup_parent: str = setting(
         "dataexec",
-        "cgroup (relative to each hierarchy's root) under which bubblewrap kernels get their own.",
+        "cgroup (relative to each hierarchy's root) under which zygote and bubblewrap kernels "
+        "get their own.",
     )
     docker_image: str = setting("dataexec-kernel:latest", "Kernel image for the docker sandbox.")
     docker_url: str = setting("", "Docker engine URL; empty uses DOCKER_HOST or the local socket.")

@@ -1,4 +1,4 @@
-"""Kernels: sandboxes (bubblewrap, Docker, none), warm pools, the kernel client.
+"""Kernels: sandboxes (zygote, bubblewrap, Docker, none), warm pools, the kernel client.
 
 Owns starting a confined kernel, its per-kernel directory, talking Jupyter to it over
 ZMQ ipc, every way a cell can fail (timeout, memory, output, death), and the pools of

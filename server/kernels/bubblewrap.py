@@ -1,15 +1,8 @@
 """The bubblewrap sandbox: the embedded default where no Docker engine runs.
 
 Each kernel runs as the unprivileged ``kernel_uid`` in fresh user, pid, network, ipc, uts
-and cgroup namespaces, in a cgroup of its own (memory, pids, cpu), seeing only:
-
-    /usr (read-only, with the /bin, /lib, /lib64, /sbin links), the kernel environment
-    (read-only), /dataexec/{srv,lib} (read-only), /dataexec/rw (its tmpfs socket dir),
-    a size-capped /tmp, a private /proc, a minimal read-only /dev with a /dev/shm capped
-    like /tmp, and a two-line /etc/passwd.
-
-Nothing else of the host is bound: not /run, /var/run, the host's /tmp, the state dir or any
-directory holding a unix socket, since a read-only bind does not stop ``connect()``.
+and cgroup namespaces, in a cgroup of its own (memory, pids, cpu), seeing only what
+``view.kernel_mounts`` binds.
 
 The kernel may create no user namespace of its own (``--disable-userns``), and runs under
 the seccomp filter of ``seccomp.py`` (``--seccomp``, handed over on a pipe), which also
@@ -28,21 +21,15 @@ import logging
 import os
 import shutil
 import signal
-from pathlib import Path
+from typing import Protocol
 
 from server.config import Settings
 from server.errors import SandboxUnavailable
 from server.kernels import seccomp
 from server.kernels.cgroups import KernelCgroup, cgroup_version, check_writable, orphan_cgroups
 from server.kernels.kerneldir import remove_kernel_dir
-from server.kernels.sandbox import (
-    LIB_MOUNT,
-    RW_MOUNT,
-    SRV_MOUNT,
-    LaunchSpec,
-    Sandbox,
-    SandboxedKernel,
-)
+from server.kernels.sandbox import LaunchSpec, Sandbox, SandboxedKernel
+from server.kernels.view import HOSTNAME, KERNEL_CWD, bwrap_options, kernel_mounts
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +42,24 @@ LAUNCHER = (
 )
 
 
-class BubblewrapKernel(SandboxedKernel):
-    """A kernel process tree under bwrap, with its cgroup."""
+class KernelProcess(Protocol):
+    """The outer process of a kernel: a subprocess (bwrap) or a zygote's fork."""
 
-    def __init__(
-        self, kernel_id: str, process: asyncio.subprocess.Process, cgroup: KernelCgroup | None
-    ) -> None:
+    @property
+    def returncode(self) -> int | None: ...
+
+    @property
+    def stderr(self) -> asyncio.StreamReader | None: ...
+
+    def send_signal(self, signum: int) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
+class BubblewrapKernel(SandboxedKernel):
+    """A kernel process tree under bwrap (or forked by the zygote), with its cgroup."""
+
+    def __init__(self, kernel_id: str, process: KernelProcess, cgroup: KernelCgroup | None) -> None:
         self.kernel_id = kernel_id
         self.process = process
         self.cgroup = cgroup
@@ -76,6 +75,9 @@ class BubblewrapKernel(SandboxedKernel):
     async def poll(self) -> int | None:
         return self.process.returncode
 
+    def known_gone(self) -> bool:
+        return self.process.returncode is not None
+
     async def kill(self) -> None:
         if self.process.returncode is None:
             try:
@@ -87,7 +89,7 @@ class BubblewrapKernel(SandboxedKernel):
         try:
             await asyncio.wait_for(self.process.wait(), 5)
         except TimeoutError:
-            log.error("kernel %s: bwrap did not exit after SIGKILL", self.kernel_id)
+            log.error("kernel %s: its process did not exit after SIGKILL", self.kernel_id)
         self._reader.cancel()
 
     async def oom_killed(self) -> bool:
@@ -143,7 +145,7 @@ class BubblewrapSandbox(Sandbox):
         if docker_only:
             raise SandboxUnavailable(
                 f"{', '.join(docker_only)} name a docker_runtime, but kernels run under "
-                "bubblewrap (sandbox = docker needs an engine with the kernel image)"
+                f"{self.name} (sandbox = docker needs an engine with the kernel image)"
             )
         if not self.available():
             raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap)")
@@ -172,7 +174,6 @@ class BubblewrapSandbox(Sandbox):
     def bwrap_argv(self, spec: LaunchSpec, seccomp_fd: int) -> list[str]:
         """The bwrap command line for one kernel (explicit, minimal binds), its seccomp
         filter to be read from ``seccomp_fd``."""
-        kdir, env_dir = spec.kernel_dir, str(self.settings.kernel_env)
         argv = [
             "bwrap",
             "--unshare-all",
@@ -185,72 +186,35 @@ class BubblewrapSandbox(Sandbox):
             "--cap-drop",
             "ALL",
             "--hostname",
-            "dataexec",
-            "--ro-bind",
-            "/usr",
-            "/usr",
-        ]
-        for link in ("bin", "lib", "lib64", "sbin"):
-            if Path(f"/usr/{link}").exists():
-                argv += ["--symlink", f"usr/{link}", f"/{link}"]
-        for etc in ("/etc/ld.so.cache", "/etc/localtime", "/etc/nsswitch.conf"):
-            if os.path.exists(etc):
-                argv += ["--ro-bind", etc, etc]
-        argv += [
-            "--ro-bind",
-            str(kdir / "srv" / "passwd"),
-            "/etc/passwd",
-            "--ro-bind",
-            env_dir,
-            env_dir,
-            "--ro-bind",
-            str(spec.lib_dir),
-            LIB_MOUNT,
-            "--ro-bind",
-            str(kdir / "srv"),
-            SRV_MOUNT,
-            "--bind",
-            str(kdir / "rw"),
-            RW_MOUNT,
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            # bwrap's /dev is a tmpfs without a size, owned by the kernel uid: cap /dev/shm
-            # as /tmp is capped (as Docker's shm_size does) and make the rest read-only.
-            "--size",
-            str(spec.limits.tmp_bytes),
-            "--tmpfs",
-            "/dev/shm",
-            "--remount-ro",
-            "/dev",
-            "--size",
-            str(spec.limits.tmp_bytes),
-            "--tmpfs",
-            "/tmp",
-            "--remount-ro",
-            "/",
+            HOSTNAME,
+            *bwrap_options(kernel_mounts(spec, self.settings.kernel_env)),
             "--clearenv",
             "--chdir",
-            "/tmp",
+            KERNEL_CWD,
         ]
         for key, value in spec.kernel_env().items():
             argv += ["--setenv", key, value]
         return argv + spec.kernel_argv(str(self.python))
 
-    async def launch(self, spec: LaunchSpec) -> SandboxedKernel:
+    def prepare(self, spec: LaunchSpec) -> KernelCgroup | None:
+        """The kernel's /etc/passwd and its cgroup (None where cgroups are off)."""
         uid = self.settings.kernel_uid
         (spec.kernel_dir / "srv" / "passwd").write_text(
             f"root:x:0:0::/:/usr/sbin/nologin\nkernel:x:{uid}:{uid}::/tmp:/usr/sbin/nologin\n"
         )
-        cgroup = None
-        if self.use_cgroups:
-            version = cgroup_version()
-            assert version is not None
-            cgroup = KernelCgroup(
-                parent=self.settings.cgroup_parent, name=spec.kernel_id, version=version
-            )
-            cgroup.create(spec.limits.memory_bytes, spec.limits.pids, spec.limits.cpus)
+        if not self.use_cgroups:
+            return None
+        version = cgroup_version()
+        assert version is not None
+        cgroup = KernelCgroup(
+            parent=self.settings.cgroup_parent, name=spec.kernel_id, version=version
+        )
+        cgroup.create(spec.limits.memory_bytes, spec.limits.pids, spec.limits.cpus)
+        return cgroup
+
+    async def launch(self, spec: LaunchSpec) -> SandboxedKernel:
+        uid = self.settings.kernel_uid
+        cgroup = self.prepare(spec)
         procs = [str(p) for p in cgroup.procs_files] if cgroup else []
         filter_fd = filter_pipe(self.seccomp_filter)
         try:

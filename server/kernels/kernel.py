@@ -108,7 +108,7 @@ class Kernel:
         Called on every request, so it must be cheap: with Docker, ``alive`` is an engine
         round trip of a few milliseconds.
         """
-        if self.lost is not None:
+        if self.lost is not None or self.process.known_gone():
             return False
         return not self.client.channels_lost() or await self.alive()
 

@@ -72,7 +72,11 @@ class LaunchSpec:
 
     def kernel_argv(self, python: str) -> list[str]:
         """The command that runs inside the sandbox."""
-        return [python, "-m", KERNEL_MODULE, "-f", f"{SRV_MOUNT}/{CONNECTION_FILE}"]
+        return [python, "-m", KERNEL_MODULE, *self.kernel_args()]
+
+    def kernel_args(self) -> list[str]:
+        """The kernel's own arguments (a forked kernel's ``sys.argv[1:]``)."""
+        return ["-f", f"{SRV_MOUNT}/{CONNECTION_FILE}"]
 
     def kernel_env(self) -> dict[str, str]:
         """The kernel's whole environment: the allow-list plus thread sizing."""
@@ -107,6 +111,10 @@ class SandboxedKernel(abc.ABC):
     @abc.abstractmethod
     async def kill(self) -> None:
         """Stop the kernel and everything it started, and release the sandbox. Idempotent."""
+
+    def known_gone(self) -> bool:
+        """Whether the kernel is known to have exited, asking nobody (False when unknown)."""
+        return False
 
     @abc.abstractmethod
     async def oom_killed(self) -> bool:

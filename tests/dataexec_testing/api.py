@@ -168,7 +168,7 @@ async def server_on(
 # Every sandbox a server can run kernels in; the shared ``api`` fixture (and the adversarial
 # suite) runs once per each. DATAEXEC_TEST_SANDBOXES picks others, e.g. "docker-runsc": the
 # docker sandbox with gVisor's runtime in every pool.
-SANDBOXES = os.environ.get("DATAEXEC_TEST_SANDBOXES", "bubblewrap,docker").split(",")
+SANDBOXES = os.environ.get("DATAEXEC_TEST_SANDBOXES", "zygote,bubblewrap,docker").split(",")
 
 # Set in this process's environment while the shared servers run (fixtures.host_marker):
 # kernels, which the sandboxes start from this process, must not see it.

@@ -6,22 +6,26 @@ here runs: every call of the shared denied list (``dataexec_testing.syscalls``, 
 numbers are kept apart from the server's) is refused, namespaces are refused in ``clone``
 while threads and fork pass, ``clone3`` says ENOSYS, and a foreign audit arch is killed.
 The same list is tried for real inside kernels of every sandbox in ``tests/test_sandbox.py``.
-Also: ``docker_runtime`` takes runc or runsc only, and a pool meant for a Docker runtime
-refuses to run under bubblewrap.
+Also: ``docker_runtime`` takes runc or runsc only, a pool meant for a Docker runtime
+refuses to run under bubblewrap or the zygote, and both of those mount one plan.
 """
 
 from __future__ import annotations
 
 import errno
 import struct
+from pathlib import Path
 
 import pytest
 from dataexec_testing.syscalls import NUMBERS
 
-from server.config import load_settings
+from server.config import MiB, load_settings
 from server.errors import ConfigError, SandboxUnavailable
 from server.kernels import seccomp
 from server.kernels.bubblewrap import BubblewrapSandbox
+from server.kernels.sandbox import LaunchSpec, Limits
+from server.kernels.view import Mount, bwrap_options, kernel_mounts
+from server.kernels.zygote import ZygoteSandbox
 
 ALLOW = seccomp.RET_ALLOW
 EPERM = seccomp.RET_ERRNO | errno.EPERM
@@ -135,11 +139,38 @@ def test_a_machine_without_a_table_cannot_confine_kernels() -> None:
         seccomp.program("riscv64")
 
 
-async def test_a_pool_meant_for_a_docker_runtime_refuses_to_run_under_bubblewrap() -> None:
+@pytest.mark.parametrize("sandbox", [BubblewrapSandbox, ZygoteSandbox])
+async def test_a_pool_meant_for_a_docker_runtime_refuses_to_run_outside_docker(
+    sandbox: type[BubblewrapSandbox],
+) -> None:
     settings = load_settings(env={"DATAEXEC_POOLS__DEFAULT__DOCKER_RUNTIME": "runsc"})
     assert settings.pools["default"].docker_runtime == "runsc"
-    with pytest.raises(SandboxUnavailable, match="pools.default name a docker_runtime"):
-        await BubblewrapSandbox(settings).check()
+    with pytest.raises(
+        SandboxUnavailable, match=f"pools.default name a docker_runtime.*under {sandbox.name}"
+    ):
+        await sandbox(settings).check()
+
+
+def test_bubblewrap_and_the_zygote_mount_one_plan_that_binds_nothing_else_of_the_host(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(env={"DATAEXEC_STATE_DIR": str(tmp_path / "state")})
+    pool = settings.pools["default"]
+    spec = LaunchSpec("k" * 32, tmp_path / "k", tmp_path / "lib", Limits.of_pool(pool), "default")
+    plan = kernel_mounts(spec, settings.kernel_env)
+    argv = BubblewrapSandbox(settings).bwrap_argv(spec, seccomp_fd=9)
+    options = bwrap_options(plan)
+    start = argv.index(options[0])
+    assert argv[start : start + len(options)] == options
+    sources = {m.source for m in plan if m.kind in ("ro-bind", "bind")}
+    allowed = {"/usr", str(settings.kernel_env), str(tmp_path / "lib")}
+    assert all(s in allowed or s.startswith((str(tmp_path / "k"), "/etc/")) for s in sources), (
+        sources
+    )
+    assert [m.target for m in plan if m.kind == "bind"] == ["/dataexec/rw"]  # the one writable
+    capped = {m.target: m.size for m in plan if m.kind == "tmpfs"}
+    assert capped == {"/tmp": pool.tmp_mb * MiB, "/dev/shm": pool.tmp_mb * MiB}
+    assert plan[-1] == Mount("remount-ro", "/")
 
 
 def test_a_docker_runtime_other_than_runc_or_runsc_is_a_config_error() -> None:
