@@ -107,10 +107,14 @@ class Soak:
                     with self.lock:
                         self.errors[f"transport: {type(exc).__name__}"] += 1
 
-    def session(self, http: httpx.Client, rng: random.Random) -> None:
+    def create(self, http: httpx.Client, body: dict[str, Any]) -> str | None:
+        """A new session's id (its create timed), or None when refused."""
         started = time.perf_counter()
-        created = self.record("session_create", started, http.post("/sessions", json={}))
-        session = created.get("session_id")
+        created = self.record("session_create", started, http.post("/sessions", json=body))
+        return created.get("session_id")
+
+    def session(self, http: httpx.Client, rng: random.Random) -> None:
+        session = self.create(http, {})
         if not session:
             return
         steps = [STEPS[0].format(month=rng.randint(1, 12))]
@@ -125,9 +129,7 @@ class Soak:
         self.record("session_end", started, http.delete(f"/sessions/{session}"))
 
     def chart(self, http: httpx.Client, rng: random.Random) -> None:
-        started = time.perf_counter()
-        created = self.record("session_create", started, http.post("/sessions", json={}))
-        session = created.get("session_id")
+        session = self.create(http, {})
         if not session:
             return
         started = time.perf_counter()
@@ -169,11 +171,7 @@ class Soak:
         self.record("download", started, http.get(f"/cache/{key}", params={"format": "csv"}))
 
     def timeout(self, http: httpx.Client, rng: random.Random) -> None:
-        started = time.perf_counter()
-        created = self.record(
-            "session_create", started, http.post("/sessions", json={"pool": "short"})
-        )
-        session = created.get("session_id")
+        session = self.create(http, {"pool": "short"})
         if not session:
             return
         started = time.perf_counter()

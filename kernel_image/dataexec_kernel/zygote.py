@@ -33,6 +33,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import fcntl
+import gc
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -46,8 +47,8 @@ import socket
 import struct
 import sys
 import traceback
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 MESSAGE_MAX = 1 << 20
 PACKAGE = "dataexec_kernel"
@@ -272,12 +273,7 @@ def init_process(request: Request) -> None:
     load_seccomp(request.seccomp)
     kernel = os.fork()
     if kernel == 0:
-        try:
-            run_kernel(request)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(1)
+        _child(run_kernel, request)
     while True:  # orphans of the kernel's own children come here
         try:
             pid, status = os.wait()
@@ -285,6 +281,16 @@ def init_process(request: Request) -> None:
             os._exit(1)
         if pid == kernel:
             os._exit(_exit_code(status))
+
+
+def _child(body: Callable[..., None], *args: Any) -> NoReturn:
+    """Run a forked child's ``body``; it never returns into its parent's code."""
+    try:
+        body(*args)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(1)
 
 
 def _exit_code(status: int) -> int:
@@ -311,12 +317,7 @@ def outer_process(request: Request, stderr_fd: int) -> None:
     _check(_libc.unshare(flags | CLONE_NEWCGROUP), "unshare")
     init = os.fork()
     if init == 0:
-        try:
-            init_process(request)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(1)
+        _child(init_process, request)
     _, status = os.waitpid(init, 0)
     os._exit(_exit_code(status))
 
@@ -339,12 +340,7 @@ class Zygote:
             self.send({"failed": request.kernel_id, "error": f"fork: {exc}"})
             return
         if pid == 0:
-            try:
-                outer_process(request, stderr_fd)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(1)
+            _child(outer_process, request, stderr_fd)
         self.kernels[pid] = request.kernel_id
         self.send({"started": request.kernel_id, "pid": pid})
 
@@ -509,6 +505,9 @@ def main() -> None:
     with private_tmp():
         warm_charts()
     warm()
+    # The template's objects are out of every later collection: a kernel's collector would
+    # otherwise write to each one, and copy every page of the template it touched.
+    gc.freeze()
     control = socket.socket(fileno=int(sys.argv[1]))
     control.set_inheritable(False)
     Zygote(control).serve()
