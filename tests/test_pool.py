@@ -27,12 +27,12 @@ async def test_pool_refills_after_sessions_take_its_idle_kernels(
     api: RunningServer, client: httpx.AsyncClient
 ) -> None:
     pool = api.runtime.pools["default"]
-    await wait_for(lambda: _async(len(pool.idle) == pool.settings.min_idle), timeout=30)
+    await wait_for(lambda: _async(len(pool.idle) == pool.idle_target()), timeout=30)
     started = pool.started_total
     names = [f"refill-{i}" for i in range(2)]
     for name in names:
         assert (await client.post("/sessions", json={"session_id": name})).status_code == 201
-    await wait_for(lambda: _async(len(pool.idle) == pool.settings.min_idle), timeout=30)
+    await wait_for(lambda: _async(len(pool.idle) == pool.idle_target()), timeout=30)
     assert pool.started_total >= started + 2
     for name in names:
         await client.delete(f"/sessions/{name}")
@@ -81,7 +81,7 @@ async def test_idle_kernels_of_a_warm_charts_pool_draw_a_chart_before_any_sessio
     # default: warm_charts on. Once nothing starts, its idle kernels draw their chart; the
     # first cell finds pyplot imported (waiting for it if need be) and no name left behind.
     pool = api.runtime.pools["default"]
-    await wait_for(lambda: _async(len(pool.idle) == pool.settings.min_idle), timeout=60)
+    await wait_for(lambda: _async(len(pool.idle) == pool.idle_target()), timeout=60)
     await wait_for(lambda: _async(pool.starting == 0), timeout=60)
     name = (await client.post("/sessions", json={})).json()["session_id"]
     cold = []

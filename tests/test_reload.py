@@ -98,7 +98,7 @@ async def start_from(server: ServeProcess, text: str) -> None:
     assert answer.status_code == 200, answer.text
 
     async def warm() -> bool:
-        return all(p["idle"] == p["min_idle"] for p in (await pools(server)).values())
+        return all(p["idle"] == p["idle_target"] for p in (await pools(server)).values())
 
     await wait_for(warm, timeout=60)
 

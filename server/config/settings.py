@@ -88,7 +88,12 @@ class PoolSettings:
     """Limits and sizes of one pool of kernels (a profile): ``[pools.<name>]``."""
 
     name: str
-    min_idle: int = setting(1, "Warm kernels kept ready for new sessions.", minimum=0)
+    min_idle: int = setting(
+        1,
+        "Warm kernels kept ready for new sessions; more while kernels are taken faster than one "
+        "start covers (up to max_kernels); 0 keeps none.",
+        minimum=0,
+    )
     max_kernels: int = setting(
         8, "Most kernels (starting, idle and in use) of this pool.", minimum=1
     )

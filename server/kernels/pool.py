@@ -11,6 +11,12 @@ is in flight. Past the limit a request waits up to ``capacity_wait_s``, then get
 ``Capacity`` (503 with Retry-After); one that a start in flight will serve (a refill for
 ``min_idle`` counts) waits for that start.
 
+A pool sizes its idle kernels to the demand (``idle_target``): while kernels are taken faster
+than one start covers, it keeps enough idle ones for the requests that arrive during a start,
+twice over (the rate over the last ``demand_window_s``, times a start's moving-average wall
+time), between ``min_idle`` and ``max_kernels``; when demand falls, the surplus idle kernels
+are destroyed one per check. A pool with ``min_idle = 0`` keeps none, whatever the demand.
+
 Waiters are served first come, first served: a kernel that becomes ready goes to the oldest
 waiter, and only when nobody waits does it join the idle queue.
 
@@ -41,6 +47,7 @@ import collections
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -49,6 +56,9 @@ from server.errors import Capacity, DataExecError, KernelDied, RateLimited
 from server.kernels.kernel import Kernel
 
 log = logging.getLogger(__name__)
+
+DEMAND_WINDOW_S = 30.0
+START_AVERAGING = 0.3  # weight of the newest start in the moving average
 
 Starter = Callable[[PoolSettings], Awaitable[Kernel]]
 
@@ -81,6 +91,9 @@ class KernelPool:
         self.cold_starts = 0  # kernels a request had to wait for (none was idle)
         self.closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.demand_window_s = DEMAND_WINDOW_S
+        self.taken: collections.deque[float] = collections.deque()  # when kernels were asked for
+        self.start_s = 1.0  # moving average of a start's wall time (seconds)
 
     @property
     def name(self) -> str:
@@ -99,6 +112,7 @@ class KernelPool:
             "max_kernels": self.settings.max_kernels,
             "tenant_share": self.tenant_share,
             "min_idle": self.settings.min_idle,
+            "idle_target": self.idle_target(),
             "started_total": self.started_total,
             "start_failures": self.start_failures,
             "hits": self.hits,
@@ -126,11 +140,22 @@ class KernelPool:
         while self.idle:
             self._destroy(self.idle.popleft())
 
+    def idle_target(self) -> int:
+        """How many idle kernels to keep now; see the module docstring."""
+        now = time.monotonic()
+        while self.taken and self.taken[0] < now - self.demand_window_s:
+            self.taken.popleft()
+        if self.settings.min_idle == 0:
+            return 0
+        covering = math.ceil(2 * len(self.taken) / self.demand_window_s * self.start_s)
+        return max(self.settings.min_idle, min(covering, self.settings.max_kernels))
+
     def fill(self) -> None:
-        """Start kernels until idle + starting covers the waiters and ``min_idle``, within max."""
+        """Start kernels until idle + starting covers the waiters and ``idle_target``, within
+        max."""
         if self.closed:
             return
-        wanted = len(self.waiters) + self.settings.min_idle - len(self.idle) - self.starting
+        wanted = len(self.waiters) + self.idle_target() - len(self.idle) - self.starting
         room = self.settings.max_kernels - self.total
         for _ in range(max(0, min(wanted, room))):
             self.starting += 1
@@ -140,6 +165,7 @@ class KernelPool:
 
     async def _start_one(self) -> None:
         settings = self.settings
+        began = time.monotonic()
         try:
             kernel = await self.start_kernel(settings)
         except Exception as exc:
@@ -157,6 +183,7 @@ class KernelPool:
             return
         self.starting -= 1
         self.started_total += 1
+        self.start_s += START_AVERAGING * (time.monotonic() - began - self.start_s)
         if self.closed:
             await kernel.shutdown()
             return
@@ -217,6 +244,7 @@ class KernelPool:
             del self.held[tenant]
 
     async def _acquire(self) -> Kernel:
+        self.taken.append(time.monotonic())
         while self.idle:
             kernel = self.idle.popleft()
             # Counted while it is checked (the check may ask the sandbox): a concurrent
@@ -275,12 +303,15 @@ class KernelPool:
         self.fill()
 
     async def check_idle(self) -> None:
-        """Drop idle kernels that died while waiting (and start replacements)."""
+        """Drop idle kernels that died while waiting (and start replacements), and one idle
+        kernel past ``idle_target`` once demand has fallen."""
         for kernel in list(self.idle):
             if not await kernel.alive():
                 log.warning("pool %s: idle kernel %s died", self.name, kernel.kernel_id[:12])
                 self.idle.remove(kernel)
                 self._destroy(kernel)
+        if len(self.idle) > self.idle_target() and not self.waiters:
+            self._destroy(self.idle.popleft())
 
     async def close(self) -> None:
         """Destroy idle kernels and wait for starts in flight (their kernels are destroyed)."""

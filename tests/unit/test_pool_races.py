@@ -426,3 +426,60 @@ async def test_idle_kernels_draw_their_warm_up_chart_only_once_nothing_starts_or
     await settle()
     assert waiting.result() is kernel and not kernel.charts_warm
     check_books(cold, cold_starter, [kernel])
+
+
+async def test_idle_kernels_follow_demand_between_min_idle_and_max_kernels() -> None:
+    starter = FakeStarter()
+    pool = make_pool(starter, min_idle=1, max_kernels=8)
+    pool.demand_window_s = 10.0
+    pool.fill()
+    await settle()
+    starter.finish()
+    await settle()
+    # Ten kernels taken (and given back) within the window...
+    for _ in range(10):
+        taking = asyncio.ensure_future(pool.acquire())
+        await settle()
+        while starter.pending:
+            starter.finish()
+            await settle()
+        pool.release(await taking)
+        await settle()
+    # ... while a start takes 2 s: the requests of a start's time, twice over, stay idle.
+    pool.start_s = 2.0
+    assert pool.idle_target() == 4  # ceil(2 * 10 / 10 s * 2 s)
+    pool.fill()
+    await settle()
+    while starter.pending:
+        starter.finish()
+        await settle()
+    assert len(pool.idle) == 4
+    pool.start_s = 2.0  # the fake starts took no time, and the average moved towards that
+    assert pool.stats()["idle_target"] == 4
+    check_books(pool, starter, [])
+    # Demand gone: back to min_idle, one idle kernel destroyed per check.
+    pool.demand_window_s = 0.001
+    await asyncio.sleep(0.01)
+    for expected in (3, 2, 1, 1):
+        await pool.check_idle()
+        await settle()
+        assert len(pool.idle) == expected
+    assert not starter.pending, "a kernel destroyed for falling demand is not replaced"
+    check_books(pool, starter, [])
+
+
+async def test_a_pool_without_warm_kernels_keeps_none_whatever_the_demand() -> None:
+    starter = FakeStarter()
+    pool = make_pool(starter, min_idle=0, max_kernels=8)
+    for _ in range(10):
+        taking = asyncio.ensure_future(pool.acquire())
+        await settle()
+        starter.finish()
+        pool.release(await taking)
+        await settle()
+    pool.start_s = 2.0
+    assert pool.idle_target() == 0
+    pool.fill()
+    await settle()
+    assert not starter.pending and not pool.idle
+    check_books(pool, starter, [])
