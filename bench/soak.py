@@ -14,9 +14,10 @@ timeouts). Each client loops over weighted kinds of work until the time is up:
 - ``download``: a cache key of an earlier answer as CSV;
 - ``timeout``: a cell over the ``short`` pool's 2 s timeout (``TIMEOUT`` expected).
 
-It reports requests per second, p50/p99 per kind, errors by type (those expected beside
-the rest), the server's RSS and open fds at start, peak and end, what ``/metrics`` counted,
-and the kernel dirs and containers left once the server stopped (there should be none).
+It reports requests per second, the share of the machine's cpu that was busy, p50/p99 per
+kind, errors by type (those expected beside the rest), the server's RSS and open fds at
+start, peak and end, what ``/metrics`` counted, and the kernel dirs and containers left once
+the server stopped (there should be none).
 """
 
 from __future__ import annotations
@@ -216,6 +217,13 @@ def leftovers(server: BenchServer) -> dict[str, int]:
     return found
 
 
+def cpu_times() -> tuple[int, int]:
+    """The machine's (busy, total) cpu time so far, in clock ticks (``/proc/stat``)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def percentile(samples: list[float], q: float) -> float:
     if len(samples) < 2:
         return samples[0] if samples else float("nan")
@@ -236,7 +244,7 @@ def run(sandbox: str, minutes: float) -> dict[str, Any]:
             threads = [
                 threading.Thread(target=soak.client_loop, args=(seed,)) for seed in range(CLIENTS)
             ]
-            began = time.monotonic()
+            began, cpu_began = time.monotonic(), cpu_times()
             for thread in threads:
                 thread.start()
             while any(t.is_alive() for t in threads):
@@ -244,6 +252,7 @@ def run(sandbox: str, minutes: float) -> dict[str, Any]:
                 now = process_figures(pid)
                 peak = {k: max(peak[k], now[k]) for k in peak}
             elapsed = time.monotonic() - began
+            busy, total = (end - start for start, end in zip(cpu_began, cpu_times(), strict=True))
             server.wait_quiet(http, settle_s=1.0)
             end = process_figures(pid)
             metrics = scrape_metrics(server, http)
@@ -255,6 +264,7 @@ def run(sandbox: str, minutes: float) -> dict[str, Any]:
         "seconds": round(elapsed, 1),
         "requests": requests,
         "requests_per_s": round(requests / elapsed, 2),
+        "machine_cpu_busy": round(busy / total, 3),
         "kinds": {
             kind: {
                 "n": len(samples),

@@ -1,4 +1,4 @@
-"""The bubblewrap sandbox: the embedded default where no Docker engine runs.
+"""The bubblewrap sandbox: each kernel a fresh Python process that ``bwrap`` confines.
 
 Each kernel runs as the unprivileged ``kernel_uid`` in fresh user, pid, network, ipc, uts
 and cgroup namespaces, in a cgroup of its own (memory, pids, cpu), seeing only what
@@ -43,7 +43,8 @@ LAUNCHER = (
 
 
 class KernelProcess(Protocol):
-    """The outer process of a kernel: a subprocess (bwrap) or a zygote's fork."""
+    """The outer process of a kernel: a subprocess (bwrap) or a zygote's fork
+    (``zygote.ForkedProcess``)."""
 
     @property
     def returncode(self) -> int | None: ...
@@ -56,8 +57,8 @@ class KernelProcess(Protocol):
     async def wait(self) -> int: ...
 
 
-class BubblewrapKernel(SandboxedKernel):
-    """A kernel process tree under bwrap (or forked by the zygote), with its cgroup."""
+class CgroupKernel(SandboxedKernel):
+    """A kernel's process tree (under bwrap, or forked by the zygote) and its cgroup."""
 
     def __init__(self, kernel_id: str, process: KernelProcess, cgroup: KernelCgroup | None) -> None:
         self.kernel_id = kernel_id
@@ -235,7 +236,7 @@ class BubblewrapSandbox(Sandbox):
             )
         finally:
             os.close(filter_fd)
-        return BubblewrapKernel(spec.kernel_id, process, cgroup)
+        return CgroupKernel(spec.kernel_id, process, cgroup)
 
     async def reap_orphans(self) -> int:
         def reap() -> int:

@@ -12,12 +12,12 @@ follows symlinks the kernel may have planted.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import secrets
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,18 @@ from server.errors import SandboxUnavailable
 from server.kernels.sandbox import CONNECTION_FILE, KERNEL_MODULE, RW_MOUNT
 
 log = logging.getLogger(__name__)
+
+# Mounted and unmounted with the system calls (a `mount` process per kernel cost a fork of
+# the server each time); <sys/mount.h>.
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MNT_DETACH = 2, 4, 8, 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
 
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with its terminating NUL
@@ -88,18 +100,16 @@ class KernelDir:
         if os.geteuid() == 0:
             os.chown(kdir.srv, 0, kernel_uid)
             size = max(rw_bytes, 1024 * 1024)
-            subprocess.run(
-                [
-                    "mount",
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    f"size={size},mode=0700,uid={kernel_uid},gid={kernel_uid},nosuid,nodev,noexec",
-                    "dataexec-kernel",
-                    str(kdir.rw),
-                ],
-                check=True,
-                capture_output=True,
+            options = f"size={size},mode=0700,uid={kernel_uid},gid={kernel_uid}"
+            _check(
+                _libc.mount(
+                    b"dataexec-kernel",
+                    bytes(kdir.rw),
+                    b"tmpfs",
+                    ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC),
+                    options.encode(),
+                ),
+                f"mount a tmpfs on {kdir.rw}",
             )
             kdir.mounted = True
         return kdir
@@ -123,9 +133,10 @@ def remove_kernel_dir(root: Path) -> None:
     """Unmount and delete one kernel directory (also used for orphans of an earlier run)."""
     rw = root / "rw"
     if os.path.ismount(rw):
-        result = subprocess.run(["umount", "--lazy", str(rw)], capture_output=True)
-        if result.returncode:
-            log.warning("could not unmount %s: %s", rw, result.stderr.decode().strip())
+        try:
+            _check(_libc.umount2(bytes(rw), MNT_DETACH), f"unmount {rw}")
+        except OSError as exc:
+            log.warning("could not unmount %s: %s", rw, exc)
             return
     shutil.rmtree(root, ignore_errors=True)
 

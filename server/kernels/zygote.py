@@ -29,7 +29,7 @@ from typing import Any
 
 from server.config import Settings
 from server.errors import SandboxUnavailable
-from server.kernels.bubblewrap import BubblewrapKernel, BubblewrapSandbox
+from server.kernels.bubblewrap import BubblewrapSandbox, CgroupKernel
 from server.kernels.sandbox import KERNEL_MODULE, LaunchSpec, SandboxedKernel
 from server.kernels.view import HOSTNAME, KERNEL_CWD, kernel_mounts
 
@@ -46,7 +46,8 @@ THREAD_VARIABLES = (
 
 
 class ForkedProcess:
-    """A forked kernel's outer process, as ``BubblewrapKernel`` uses a subprocess."""
+    """A forked kernel's outer process, the zygote's child: ``CgroupKernel`` uses it as it
+    uses bwrap's subprocess."""
 
     def __init__(self, stderr: asyncio.StreamReader) -> None:
         self.pid = 0  # until the zygote has forked it
@@ -77,6 +78,7 @@ class Zygote:
         self.forks = 0
         self.kernels: dict[str, ForkedProcess] = {}
         self.starting: dict[str, asyncio.Future[int]] = {}
+        self.lost = False  # a send found it gone
         self._reader = asyncio.ensure_future(self._read())
 
     @classmethod
@@ -143,7 +145,7 @@ class Zygote:
 
     @property
     def alive(self) -> bool:
-        return not self._reader.done()
+        return not self.lost and not self._reader.done()
 
     async def _send(self, message: dict[str, Any], fds: list[int]) -> None:
         data = json.dumps(message).encode()
@@ -161,7 +163,11 @@ class Zygote:
         self.kernels[kernel_id] = process  # before its events can arrive
         future = self.starting[kernel_id] = asyncio.get_running_loop().create_future()
         try:
-            await self._send({"op": "fork", **request}, [stderr_fd])
+            try:
+                await self._send({"op": "fork", **request}, [stderr_fd])
+            except OSError as exc:  # it died: its reader has yet to read the end
+                self.lost = True
+                raise SandboxUnavailable(f"the zygote exited: {exc}") from exc
             await future
         except BaseException:
             self.kernels.pop(kernel_id, None)
@@ -232,19 +238,37 @@ class ZygoteSandbox(BubblewrapSandbox):
         await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(stderr), os.fdopen(read_fd, "rb", 0)
         )
-        process = ForkedProcess(stderr)
-        kernel = BubblewrapKernel(spec.kernel_id, process, cgroup)
         try:
-            zygote = await self._zygote(str(spec.lib_dir), spec.kernel_env())
-            await zygote.fork(request, write_fd, process)
+            process = await self._fork(spec, request, write_fd, stderr)
         except BaseException:
-            if not process.pid:  # never forked: nothing to wait for
-                process.exited(KILLED)
-            await kernel.kill()
+            gone = ForkedProcess(stderr)  # nothing of it runs: its cgroup and pipe go
+            gone.exited(KILLED)
+            await CgroupKernel(spec.kernel_id, gone, cgroup).kill()
             raise
         finally:
             os.close(write_fd)
-        return kernel
+        return CgroupKernel(spec.kernel_id, process, cgroup)
+
+    async def _fork(
+        self,
+        spec: LaunchSpec,
+        request: dict[str, Any],
+        stderr_fd: int,
+        stderr: asyncio.StreamReader,
+    ) -> ForkedProcess:
+        """Fork from the current template, or, when it died between being chosen and
+        forking (its kernels die with it), once more from a new one."""
+        for attempt in (1, 2):
+            zygote = await self._zygote(str(spec.lib_dir), spec.kernel_env())
+            process = ForkedProcess(stderr)
+            try:
+                await zygote.fork(request, stderr_fd, process)
+                return process
+            except SandboxUnavailable:
+                if zygote.alive or attempt == 2:
+                    raise
+                log.warning("zygote %d exited; forking from a new one", zygote.process.pid)
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         for zygote in [*self.retired, *([self.zygote] if self.zygote else [])]:
