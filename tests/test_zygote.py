@@ -1,5 +1,6 @@
 """The zygote sandbox's own behaviour, on a real server: what forked kernels share and do not,
-templates renewed after ``zygote_renew_after`` kernels, and a template that dies.
+templates renewed after ``zygote_renew_after`` kernels, a template that dies, and ``auto``
+choosing it where no Docker engine answers.
 
 The confinement of its kernels is ``test_sandbox.py``'s and the adversarial suite's (both run
 once per sandbox, the zygote included); these are what only a forked kernel can get wrong.
@@ -83,3 +84,21 @@ async def test_a_template_that_dies_takes_its_kernels_and_a_new_one_serves(
             assert await value_of(client, "after", "3 + 3") == 6
             renewed = sandbox_of(server).zygote
             assert renewed is not None and renewed is not zygote and renewed.alive
+
+
+async def test_auto_picks_the_zygote_where_no_docker_engine_answers(
+    embedded_pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    # The README's first command on a machine without Docker: sandbox "auto".
+    async with server_on(
+        embedded_pg,
+        tmp_path,
+        CONFIG,
+        DATAEXEC_SANDBOX="auto",
+        DATAEXEC_DOCKER_URL=f"unix://{tmp_path}/no-engine.sock",
+    ) as server:
+        assert server.runtime.sandbox.name == "zygote"
+        async with server.client() as client:
+            assert await value_of(client, "auto", "1 + 1") == 2
+            health = await client.get("/health")
+            assert health.status_code == 200, health.text
