@@ -28,14 +28,20 @@ async def test_pool_refills_after_sessions_take_its_idle_kernels(
 ) -> None:
     pool = api.runtime.pools["default"]
     await wait_for(lambda: _async(len(pool.idle) == pool.idle_target()), timeout=30)
-    started = pool.started_total
+    started, target = pool.started_total, pool.idle_target()
     names = [f"refill-{i}" for i in range(2)]
-    for name in names:
-        assert (await client.post("/sessions", json={"session_id": name})).status_code == 201
-    await wait_for(lambda: _async(len(pool.idle) == pool.idle_target()), timeout=30)
-    assert pool.started_total >= started + 2
-    for name in names:
-        await client.delete(f"/sessions/{name}")
+    try:
+        for name in names:
+            answer = await client.post("/sessions", json={"session_id": name})
+            assert answer.status_code == 201
+        await wait_for(lambda: _async(len(pool.idle) == pool.idle_target()), timeout=30)
+        # The target follows demand: takes of earlier tests leaving its window may lower
+        # it meanwhile, and the pool refills only up to the lower target.
+        lowered = max(0, target - pool.idle_target())
+        assert pool.started_total - started >= 2 - lowered
+    finally:
+        for name in names:
+            await client.delete(f"/sessions/{name}")
 
 
 async def test_kernels_still_starting_count_toward_max_kernels(
