@@ -102,6 +102,13 @@ def ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+def cpu_times() -> tuple[int, int]:
+    """The machine's (busy, total) cpu time so far, in clock ticks (``/proc/stat``)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = QUIET_TIMEOUT_S) -> None:
     """Poll ``predicate`` until it holds; raise TimeoutError naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -2,7 +2,7 @@
 
     python bench/run.py [--only NAME] [--repeat N] [--sandbox NAME] [--json PATH]
 
-Each benchmark runs once per sandbox (bubblewrap, then docker), each against a fresh
+Each benchmark runs once per sandbox (bubblewrap, zygote, docker), each against a fresh
 `dataexec serve` process with the pools it needs; then, when `pandas` ran, the replaced
 system's `docker run` per request is measured for the speedup. See bench/README.md.
 Exits 1 when a figure misses its target, 2 on bad arguments or a missing prerequisite.
@@ -28,6 +28,7 @@ import databases
 import latency
 import memory
 import sql
+import starts
 from harness import BenchServer, Figure
 
 SANDBOXES = ("bubblewrap", "zygote", "docker")
@@ -86,6 +87,13 @@ BENCHMARKS = {
             "burst", "pool refill after 10 concurrent creates", burst.POOLS, 3, burst.bench_burst
         ),
         Benchmark(
+            "starts",
+            "the machine's cpu for one kernel start (a sessionless request and its refill)",
+            starts.POOLS,
+            15,
+            starts.bench_start_cpu,
+        ),
+        Benchmark(
             "sql",
             "SELECT * FROM flights into a DataFrame: sql() vs read_sql vs ADBC; /schema",
             sql.POOLS,
@@ -125,7 +133,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         metavar="N",
         help="samples per series instead of each benchmark's default "
-        "(memory 10, create 30, execute 200, pandas 100 and docker run 15, burst 3, "
+        "(memory 10, create 30, execute 200, pandas 100 and docker run 15, burst 3, starts 15, "
         "databases 10)",
     )
     parser.add_argument(

@@ -14,6 +14,12 @@ timeouts). Each client loops over weighted kinds of work until the time is up:
 - ``download``: a cache key of an earlier answer as CSV;
 - ``timeout``: a cell over the ``short`` pool's 2 s timeout (``TIMEOUT`` expected).
 
+By default the clients never pause (a closed loop: on two cores it keeps the cpu busy
+whatever the server does, and every latency includes that queue). ``--think-s S`` has each
+client pause before each request of its own, for a random time averaging S seconds (an
+exponential distribution), as a platform does while its model writes the next step: that
+sets the load offered, and the latencies say what a request meets below saturation.
+
 It reports requests per second, the share of the machine's cpu that was busy, p50/p99 per
 kind, errors by type (those expected beside the rest), the server's RSS and open fds at
 start, peak and end, what ``/metrics`` counted, and the kernel dirs and containers left once
@@ -35,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import BenchServer, ms_since
+from harness import BenchServer, cpu_times, ms_since
 
 POOLS = """
 [pools.default]
@@ -74,9 +80,10 @@ EXPECTED_ERRORS = {"EXECUTION_ERROR", "TIMEOUT"}
 class Soak:
     """What the clients measured, shared between their threads."""
 
-    def __init__(self, server: BenchServer, seconds: float) -> None:
+    def __init__(self, server: BenchServer, seconds: float, think_s: float) -> None:
         self.server = server
         self.deadline = time.monotonic() + seconds
+        self.think_s = think_s
         self.lock = threading.Lock()
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.errors: Counter[str] = Counter()
@@ -101,12 +108,17 @@ class Soak:
         kinds, weights = zip(*KINDS.items(), strict=True)
         with self.server.client(timeout=300) as http:
             while time.monotonic() < self.deadline:
+                self.think(rng)
                 kind = rng.choices(kinds, weights)[0]
                 try:
                     getattr(self, kind)(http, rng)
                 except httpx.HTTPError as exc:
                     with self.lock:
                         self.errors[f"transport: {type(exc).__name__}"] += 1
+
+    def think(self, rng: random.Random) -> None:
+        if self.think_s > 0:
+            time.sleep(rng.expovariate(1 / self.think_s))
 
     def create(self, http: httpx.Client, body: dict[str, Any]) -> str | None:
         """A new session's id (its create timed), or None when refused."""
@@ -121,6 +133,7 @@ class Soak:
         steps = [STEPS[0].format(month=rng.randint(1, 12))]
         steps += rng.choices(STEPS[1:], k=rng.randint(2, 7))
         for code in steps:
+            self.think(rng)
             started = time.perf_counter()
             answer = http.post(f"/sessions/{session}/execute", json={"code": code})
             self.record("session_step", started, answer)
@@ -217,20 +230,13 @@ def leftovers(server: BenchServer) -> dict[str, int]:
     return found
 
 
-def cpu_times() -> tuple[int, int]:
-    """The machine's (busy, total) cpu time so far, in clock ticks (``/proc/stat``)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle, iowait
-    return sum(fields) - idle, sum(fields)
-
-
 def percentile(samples: list[float], q: float) -> float:
     if len(samples) < 2:
         return samples[0] if samples else float("nan")
     return statistics.quantiles(samples, n=100, method="inclusive")[int(q) - 1]
 
 
-def run(sandbox: str, minutes: float) -> dict[str, Any]:
+def run(sandbox: str, minutes: float, think_s: float) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="dataexec-soak-"))
     server = BenchServer(sandbox, POOLS, workdir, "soak")
     with server:
@@ -239,7 +245,7 @@ def run(sandbox: str, minutes: float) -> dict[str, Any]:
         with server.client() as http:
             server.wait_quiet(http, settle_s=1.0)
             start = process_figures(pid)
-            soak = Soak(server, minutes * 60)
+            soak = Soak(server, minutes * 60, think_s)
             peak = dict(start)
             threads = [
                 threading.Thread(target=soak.client_loop, args=(seed,)) for seed in range(CLIENTS)
@@ -261,6 +267,7 @@ def run(sandbox: str, minutes: float) -> dict[str, Any]:
     return {
         "sandbox": sandbox,
         "clients": CLIENTS,
+        "think_s": think_s,
         "seconds": round(elapsed, 1),
         "requests": requests,
         "requests_per_s": round(requests / elapsed, 2),
@@ -285,9 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sandbox", default="docker", choices=["docker", "bubblewrap", "zygote"])
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument(
+        "--think-s", type=float, default=0.0, help="each client's mean pause before a request"
+    )
     parser.add_argument("--json", metavar="PATH", help="write the report here too")
     args = parser.parse_args(argv)
-    report = run(args.sandbox, args.minutes)
+    report = run(args.sandbox, args.minutes, args.think_s)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -325,6 +325,7 @@ class KernelLauncher:
                 self.settings.output_limit_bytes,
                 kernel.alive,
             )
+            kernel.charts_warm = self.sandbox.charts_warm_at_start
             return kernel
         except BaseException as exc:
             detail = getattr(process, "stderr_text", lambda: "")()

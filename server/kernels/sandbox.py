@@ -129,6 +129,9 @@ class Sandbox(abc.ABC):
     """Starts confined kernels; one instance per server."""
 
     name: str
+    # Whether its kernels start with charts drawn once already (pyplot, the inline backend,
+    # fonts), so that a pool's ``warm_charts`` has nothing left to do in them.
+    charts_warm_at_start = False
 
     @abc.abstractmethod
     async def check(self) -> None:
