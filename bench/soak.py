@@ -21,7 +21,8 @@ exponential distribution), as a platform does while its model writes the next st
 sets the load offered, and the latencies say what a request meets below saturation.
 
 It reports requests per second, the share of the machine's cpu that was busy, p50/p99 per
-kind, errors by type (those expected beside the rest), the server's RSS and open fds at
+kind (and its three slowest requests, with when in the soak each came), errors by type
+(those expected beside the rest), the server's RSS and open fds at
 start, peak and end, what ``/metrics`` counted, and the kernel dirs and containers left once
 the server stopped (there should be none).
 """
@@ -85,7 +86,10 @@ class Soak:
         self.deadline = time.monotonic() + seconds
         self.think_s = think_s
         self.lock = threading.Lock()
+        self.began = time.monotonic()
         self.latency: dict[str, list[float]] = defaultdict(list)
+        # (latency, seconds into the soak) of each request, per kind: when the slowest came
+        self.timeline: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.errors: Counter[str] = Counter()
         self.keys: list[str] = []
 
@@ -96,6 +100,7 @@ class Soak:
             body = response.json()
         with self.lock:
             self.latency[kind].append(latency)
+            self.timeline[kind].append((latency, round(time.monotonic() - self.began, 1)))
             if response.status_code >= 400:
                 self.errors[str(body.get("detail", {}).get("type", response.status_code))] += 1
             elif body.get("cache_key"):
@@ -202,7 +207,8 @@ def process_figures(pid: int) -> dict[str, int]:
 
 
 def scrape_metrics(server: BenchServer, http: httpx.Client) -> dict[str, float]:
-    """Each metric family's total from ``GET /metrics`` (operator token), or {} without it."""
+    """Each metric family's total from ``GET /metrics`` (operator token), per pool where it
+    has one, or {} without the token."""
     from prometheus_client.parser import text_string_to_metric_families
 
     answer = http.get("/metrics", headers={"Authorization": f"Bearer {server.operator_token}"})
@@ -214,7 +220,9 @@ def scrape_metrics(server: BenchServer, http: httpx.Client) -> dict[str, float]:
             if sample.name.endswith(("_total", "_count")) or (
                 family.type == "gauge" and not sample.name.endswith("_created")
             ):
-                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+                pool = sample.labels.get("pool")
+                name = f"{sample.name}{{pool={pool}}}" if pool else sample.name
+                totals[name] = totals.get(name, 0.0) + sample.value
     return totals
 
 
@@ -277,6 +285,9 @@ def run(sandbox: str, minutes: float, think_s: float) -> dict[str, Any]:
                 "n": len(samples),
                 "p50_ms": round(percentile(samples, 50), 1),
                 "p99_ms": round(percentile(samples, 99), 1),
+                "slowest_ms_at_s": [
+                    (round(ms, 1), at) for ms, at in sorted(soak.timeline[kind])[-3:][::-1]
+                ],
             }
             for kind, samples in sorted(soak.latency.items())
         },

@@ -35,25 +35,38 @@ async def test_forked_kernels_have_their_own_randomness_and_templates_are_renewe
     async with server_on(
         embedded_pg, tmp_path, CONFIG, DATAEXEC_SANDBOX="zygote", DATAEXEC_ZYGOTE_RENEW_AFTER="2"
     ) as server:
-        assert server.runtime.sandbox.name == "zygote"
+        sandbox = sandbox_of(server)
+        first = sandbox.zygote
+        assert first is not None
         async with server.client() as client:
-            seen = []
-            for n in range(4):  # the tenant's share of the pool
+            seen = [eval(await value_of(client, "fork-0", INHERITED))]
+            # Past two forks (the pool's two idle kernels, then fork-0's replacement) a
+            # fresh template warms up beside the first, which forks on meanwhile.
+            await wait_for(lambda: _ready_to_take_over(sandbox))
+            assert sandbox.zygote is first and first.forks == 3
+            for n in range(1, 4):  # the tenant's share of the pool
                 seen.append(eval(await value_of(client, f"fork-{n}", INHERITED)))
+            # It took over at the next fork; the first one retired.
+            assert sandbox.zygote is not first and first in sandbox.retired
             python_randoms = {s[0] for s in seen}
             numpy_randoms = {s[1] for s in seen}
             assert len(python_randoms) == len(numpy_randoms) == 4
-            # Four kernels, at most two per template: at least two templates, two seeds.
-            assert len({s[2] for s in seen}) >= 2
+            # fork-3's kernel is the first the fresh template forked: its own hash seed.
+            assert len({s[2] for s in seen}) == 2
+            # A fresh template warms up at a lower priority; its kernels get the server's.
+            niceness = "__import__('os').getpriority(__import__('os').PRIO_PROCESS, 0)"
+            assert await value_of(client, "fork-3", niceness) == os.getpriority(os.PRIO_PROCESS, 0)
             # The first kernel's template has retired; the kernel still works.
             assert await value_of(client, "fork-0", "6 * 7") == 42
-            sandbox = sandbox_of(server)
             retired = sandbox.retired
-            assert retired and sandbox.zygote not in retired
             for n in range(4):
                 await client.delete(f"/sessions/fork-{n}")
             # A retired template exits with its last kernel.
             await wait_for(lambda: _all_exited(retired), timeout=30)
+
+
+async def _ready_to_take_over(sandbox: ZygoteSandbox) -> bool:
+    return sandbox.successor is not None and sandbox.successor.ready.is_set()
 
 
 async def _gone(zygote: Zygote) -> bool:

@@ -198,7 +198,8 @@ class Settings:
     zygote_renew_after: int = setting(
         64,
         "Kernels the zygote sandbox forks from one template before a fresh template takes over "
-        "(kernels of one template share its hash seed and address layout).",
+        "(kernels of one template share its hash seed and address layout); the old one forks "
+        "on while the fresh one warms up.",
         minimum=1,
     )
     cgroup_parent: str = setting(

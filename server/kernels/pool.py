@@ -113,6 +113,7 @@ class KernelPool:
             "tenant_share": self.tenant_share,
             "min_idle": self.settings.min_idle,
             "idle_target": self.idle_target(),
+            "start_ms": round(self.start_s * 1000),
             "started_total": self.started_total,
             "start_failures": self.start_failures,
             "hits": self.hits,

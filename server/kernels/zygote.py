@@ -7,8 +7,10 @@ it all, and each kernel is a fork of it that builds its own sandbox before any o
 runs: its own cgroup (joined first), mount, pid, network, ipc, uts and cgroup namespaces,
 the mount plan bubblewrap gets (``view.kernel_mounts``), the kernel uid with no capabilities
 and no new privileges, and the same seccomp filter. What forked kernels share is the
-template's memory image (hash seed, address layout); a zygote forks ``zygote_renew_after``
-kernels, then a fresh one takes over and the old one exits with its last kernel.
+template's memory image (hash seed, address layout); once a zygote has forked
+``zygote_renew_after`` kernels a fresh one starts beside it, takes over when it has warmed
+up (the old one forks on until then, so no start waits for a warm-up), and the old one exits
+with its last kernel.
 
 The server talks to a zygote over a unix ``SOCK_SEQPACKET`` pair, one JSON message per
 request or event, each kernel's stderr pipe passed along (``SCM_RIGHTS``). A kernel's
@@ -79,6 +81,7 @@ class Zygote:
         self.kernels: dict[str, ForkedProcess] = {}
         self.starting: dict[str, asyncio.Future[int]] = {}
         self.lost = False  # a send found it gone
+        self.ready = asyncio.Event()  # warmed up: a fork from it now costs no warm-up
         self._reader = asyncio.ensure_future(self._read())
 
     @classmethod
@@ -127,7 +130,9 @@ class Zygote:
         self.control.close()
 
     def _event(self, event: dict[str, Any]) -> None:
-        if "started" in event:
+        if "ready" in event:
+            self.ready.set()
+        elif "started" in event:
             kernel = self.kernels.get(event["started"])
             if kernel is not None:
                 kernel.pid = event["pid"]
@@ -198,6 +203,7 @@ class ZygoteSandbox(BubblewrapSandbox):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.zygote: Zygote | None = None
+        self.successor: Zygote | None = None  # warming up to take over from ``zygote``
         self.retired: list[Zygote] = []
         self._starting = asyncio.Lock()
 
@@ -206,19 +212,26 @@ class ZygoteSandbox(BubblewrapSandbox):
         return True  # needs nothing bubblewrap's checks do not
 
     async def _zygote(self, lib_dir: str, env: dict[str, str]) -> Zygote:
+        """The template to fork from. Renewal happens beside the current one: under load a
+        start that waited for a new template's warm-up (about 1.5 s) was a soak's slowest."""
         async with self._starting:
-            zygote = self.zygote
-            if (
-                zygote is not None
-                and zygote.alive
-                and zygote.forks < self.settings.zygote_renew_after
-            ):
-                return zygote
-            if zygote is not None:
-                await zygote.retire()
-                self.retired = [z for z in self.retired if z.alive] + [zygote]
-            self.zygote = await Zygote.start(self.settings, lib_dir, env)
-            return self.zygote
+            current = self.zygote
+            if current is not None and current.alive:
+                if current.forks < self.settings.zygote_renew_after:
+                    return current
+                if self.successor is None or not self.successor.alive:
+                    self.successor = await Zygote.start(self.settings, lib_dir, env)
+                if not self.successor.ready.is_set():
+                    return current
+            # None yet, the current one died (a start waits for whichever comes next), or
+            # its successor is ready.
+            fresh = self.successor or await Zygote.start(self.settings, lib_dir, env)
+            self.successor = None
+            if current is not None:
+                await current.retire()
+                self.retired = [z for z in self.retired if z.alive] + [current]
+            self.zygote = fresh
+            return fresh
 
     async def launch(self, spec: LaunchSpec) -> SandboxedKernel:
         cgroup = self.prepare(spec)
@@ -275,7 +288,8 @@ class ZygoteSandbox(BubblewrapSandbox):
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
-        for zygote in [*self.retired, *([self.zygote] if self.zygote else [])]:
-            await zygote.kill()
-        self.zygote, self.retired = None, []
+        for zygote in [*self.retired, self.zygote, self.successor]:
+            if zygote is not None:
+                await zygote.kill()
+        self.zygote, self.successor, self.retired = None, None, []
         await super().close()
