@@ -501,7 +501,7 @@ def warm_charts() -> None:
     from matplotlib.backends.registry import backend_registry
 
     # What a kernel's `%matplotlib inline` resolves: matplotlib reads every installed
-    # distribution's entry points for it (10-17 ms of a forked kernel's start, profiled).
+    # distribution's entry points for it (10-17 ms of a forked kernel's start under cProfile).
     backend_registry.resolve_gui_or_backend("inline")
     figure = plt.figure()
     figure.add_subplot().plot([0, 1])
