@@ -22,9 +22,9 @@ sets the load offered, and the latencies say what a request meets below saturati
 
 It reports requests per second, the share of the machine's cpu that was busy, p50/p99 per
 kind (and its three slowest requests, with when in the soak each came), errors by type
-(those expected beside the rest), the server's RSS and open fds at
-start, peak and end, what ``/metrics`` counted, and the kernel dirs and containers left once
-the server stopped (there should be none).
+(those expected beside the rest), the server's RSS and open fds at start, peak and end,
+what ``/metrics`` counted (per pool), and the kernel dirs and containers left once the
+server stopped (there should be none).
 """
 
 from __future__ import annotations

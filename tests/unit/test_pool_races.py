@@ -455,7 +455,7 @@ async def test_idle_kernels_follow_demand_between_min_idle_and_max_kernels() -> 
         await settle()
     assert len(pool.idle) == 4
     pool.start_s = 2.0  # the fake starts took no time, and the average moved towards that
-    assert pool.stats()["idle_target"] == 4
+    assert pool.stats()["idle_target"] == 4 and pool.stats()["start_ms"] == 2000
     check_books(pool, starter, [])
     # Demand gone: back to min_idle, one idle kernel destroyed per check.
     pool.demand_window_s = 0.001
